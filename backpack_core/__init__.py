@@ -1,0 +1,1 @@
+"""backpack_core: a BackPACK-style engine of backprop extensions for ``torch.nn`` models."""
