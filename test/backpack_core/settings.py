@@ -1,0 +1,299 @@
+"""The table of correctness settings: a model, a loss, inputs and targets each.
+
+A new case is one ``Setting`` entry in ``SETTINGS``. Every setting is tiny (features <= 8,
+images <= 6x6, batch size >= 2) so that the whole suite stays fast on two cores.
+
+Dropout appears only in evaluation mode (``model.eval()``): a train-mode mask cannot be
+reproduced reliably by the reference (re-seeding before two forward passes is not a
+guarantee that both draw the same mask), so the settings check that an evaluated Dropout
+is handled as the identity.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import torch
+from torch import Tensor, nn
+
+DTYPE_TOLERANCES = {
+    torch.float64: {"rtol": 1e-7, "atol": 1e-10},
+    torch.float32: {"rtol": 1e-4, "atol": 1e-6},
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One correctness case.
+
+    Attributes:
+        id: Name used as the pytest id.
+        make_model: Builds the (unextended) network; called after seeding.
+        input_shape: Shape of the inputs ``X``, batch axis first.
+        loss: ``"ce"`` (``CrossEntropyLoss``) or ``"mse"`` (``MSELoss``).
+        reduction: ``"mean"`` or ``"sum"``.
+        dtype: Floating point type of parameters and inputs.
+        eval_mode: Whether to call ``model.eval()`` (settings with Dropout).
+    """
+
+    id: str
+    make_model: Callable[[], nn.Module]
+    input_shape: Tuple[int, ...]
+    loss: str = "ce"
+    reduction: str = "mean"
+    dtype: torch.dtype = torch.float64
+    eval_mode: bool = False
+
+    @property
+    def tolerances(self) -> dict:
+        """``rtol`` and ``atol`` for comparisons in this setting's dtype."""
+        return DTYPE_TOLERANCES[self.dtype]
+
+    def build(
+        self, seed: int = 0, device: str = "cpu"
+    ) -> Tuple[nn.Module, nn.Module, Tensor, Tensor]:
+        """Create model, loss module, inputs and targets, deterministic in ``seed``.
+
+        Args:
+            seed: Seed of parameters, inputs and targets.
+            device: Where to put model and data.
+
+        Returns:
+            ``(model, lossfunc, X, y)``; neither model nor loss is extended.
+        """
+        torch.manual_seed(seed)
+        model = self.make_model().to(device=device, dtype=self.dtype)
+        if self.eval_mode:
+            model.eval()
+        X = torch.randn(self.input_shape, dtype=self.dtype, device=device)
+        with torch.no_grad():
+            output = model(X)
+        if self.loss == "ce":
+            lossfunc = nn.CrossEntropyLoss(reduction=self.reduction)
+            y = torch.randint(output.shape[1], (output.shape[0],), device=device)
+        elif self.loss == "mse":
+            lossfunc = nn.MSELoss(reduction=self.reduction)
+            y = torch.randn(output.shape, dtype=self.dtype, device=device)
+        else:
+            raise ValueError(f"unknown loss {self.loss!r}")
+        return model, lossfunc, X, y
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+def tf_same_padding(module: nn.ZeroPad2d, args: Tuple[Tensor]) -> None:
+    """Forward pre-hook: set ``module.padding`` to TensorFlow's "same" padding.
+
+    As DeepOBS does, for the 3x3 kernel, stride 2 of the convolution that follows.
+    """
+    kernel, stride = 3, 2
+    pads = []
+    for size in reversed(args[0].shape[2:]):
+        out = math.ceil(size / stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    module.padding = tuple(pads)
+
+
+def tf_same_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """``Sequential(ZeroPad2d(0) with a padding-changing pre-hook, Conv2d(k=3, stride=2))``."""
+    pad = nn.ZeroPad2d(0)
+    pad.register_forward_pre_hook(tf_same_padding)
+    return nn.Sequential(pad, nn.Conv2d(in_channels, out_channels, 3, stride=2))
+
+
+def mlp(activation: Callable[[], nn.Module], out: int = 3) -> Callable[[], nn.Module]:
+    """Builder of ``Linear(6, 5), activation, Linear(5, out)``."""
+    return lambda: nn.Sequential(nn.Linear(6, 5), activation(), nn.Linear(5, out))
+
+
+def conv2d_net(conv: Callable[[], nn.Module], flat_features: int, *tail) -> Callable:
+    """Builder of ``conv, *tail, Flatten, Linear(flat_features, 3)``."""
+    return lambda: nn.Sequential(conv(), *tail, nn.Flatten(), nn.Linear(flat_features, 3))
+
+
+def frozen_weight_mlp() -> nn.Module:
+    """An MLP whose first weight and last bias do not require gradients."""
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    model[0].weight.requires_grad_(False)
+    model[2].bias.requires_grad_(False)
+    return model
+
+
+def nested_sequential() -> nn.Module:
+    """Sequentials inside Sequentials, with an Identity."""
+    return nn.Sequential(
+        nn.Sequential(nn.Linear(6, 5), nn.Tanh()),
+        nn.Sequential(nn.Identity(), nn.Sequential(nn.Linear(5, 4), nn.ReLU())),
+        nn.Linear(4, 3),
+    )
+
+
+def linear_extra_dims_net() -> nn.Module:
+    """Linear on ``[N, T, in]``, then Flatten and a classifier."""
+    return nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(6, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+def _linear():
+    return nn.Linear(6, 4)
+
+
+F64, F32 = torch.float64, torch.float32
+
+SETTINGS = [
+    # single Linear layer, every loss and reduction
+    Setting("linear-ce-mean", _linear, (3, 6), "ce", "mean"),
+    Setting("linear-ce-sum", _linear, (3, 6), "ce", "sum"),
+    Setting("linear-mse-mean", _linear, (3, 6), "mse", "mean"),
+    Setting("linear-mse-sum", _linear, (3, 6), "mse", "sum"),
+    Setting("linear-nobias-ce-mean", lambda: nn.Linear(6, 4, bias=False), (3, 6)),
+    Setting("linear-extradims-mse-mean", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "mean"),
+    Setting("linear-extradims-mse-sum", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "sum"),
+    Setting("linear-extradims-flatten-ce-mean", linear_extra_dims_net, (3, 2, 4)),
+    # MLPs with activations (Sigmoid, Tanh: Hessian residual terms)
+    Setting("mlp-relu-ce-mean", mlp(nn.ReLU), (4, 6)),
+    Setting("mlp-leakyrelu-ce-sum", mlp(lambda: nn.LeakyReLU(0.1)), (4, 6), "ce", "sum"),
+    Setting("mlp-sigmoid-ce-mean", mlp(nn.Sigmoid), (4, 6)),
+    Setting("mlp-sigmoid-mse-sum", mlp(nn.Sigmoid), (3, 6), "mse", "sum"),
+    Setting("mlp-tanh-mse-mean", mlp(nn.Tanh), (3, 6), "mse", "mean"),
+    Setting("mlp-tanh-ce-sum", mlp(nn.Tanh), (3, 6), "ce", "sum"),
+    Setting(
+        "mlp-dropout-eval-identity-ce-mean",
+        lambda: nn.Sequential(
+            nn.Linear(6, 5), nn.Dropout(0.5), nn.Identity(), nn.Tanh(), nn.Linear(5, 3)
+        ),
+        (3, 6),
+        eval_mode=True,
+    ),
+    Setting("nested-sequential-ce-mean", nested_sequential, (3, 6)),
+    Setting("frozen-params-ce-mean", frozen_weight_mlp, (3, 6)),
+    # convolutions
+    Setting(
+        "conv1d-relu-ce-mean",
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)
+        ),
+        (3, 2, 6),
+    ),
+    Setting(
+        "conv1d-stride-mse-sum",
+        lambda: nn.Sequential(nn.Conv1d(2, 2, 2, stride=2), nn.Flatten()),
+        (2, 2, 6),
+        "mse",
+        "sum",
+    ),
+    Setting("conv2d-ce-mean", conv2d_net(lambda: nn.Conv2d(2, 3, 3), 27), (3, 2, 5, 5)),
+    Setting(
+        "conv2d-nobias-ce-sum",
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, bias=False), 27),
+        (3, 2, 5, 5),
+        "ce",
+        "sum",
+    ),
+    Setting(
+        "conv2d-stride-padding-sigmoid-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), 27, nn.Sigmoid()),
+        (3, 2, 5, 5),
+    ),
+    Setting(
+        "conv2d-same-tanh-mse-mean",
+        lambda: nn.Sequential(nn.Conv2d(2, 2, 3, padding="same"), nn.Tanh(), nn.Flatten()),
+        (2, 2, 4, 4),
+        "mse",
+        "mean",
+    ),
+    Setting(
+        "conv2d-dilation-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, dilation=2, padding=1), 27),
+        (3, 2, 5, 5),
+    ),
+    Setting(
+        "conv2d-groups-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(4, 4, 3, groups=2), 16, nn.ReLU()),
+        (3, 4, 4, 4),
+    ),
+    Setting(
+        "conv2d-groups-nobias-rect-ce-sum",
+        conv2d_net(lambda: nn.Conv2d(4, 2, (3, 2), groups=2, bias=False), 12),
+        (2, 4, 4, 4),
+        "ce",
+        "sum",
+    ),
+    Setting(
+        "conv2d-mse-sum",
+        lambda: nn.Sequential(nn.Conv2d(2, 2, 2), nn.Flatten()),
+        (2, 2, 3, 3),
+        "mse",
+        "sum",
+    ),
+    Setting(
+        "conv3d-ce-mean",
+        lambda: nn.Sequential(nn.Conv3d(2, 2, 2), nn.Flatten(), nn.Linear(16, 3)),
+        (2, 2, 3, 3, 3),
+    ),
+    # pooling, padding, upsampling
+    Setting(
+        "maxpool2d-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, padding=1), 12, nn.ReLU(), nn.MaxPool2d(2)),
+        (3, 2, 4, 4),
+    ),
+    Setting(
+        "maxpool2d-stride1-ce-sum",
+        conv2d_net(lambda: nn.Conv2d(2, 2, 2), 8, nn.MaxPool2d(2, stride=1)),
+        (2, 2, 4, 4),
+        "ce",
+        "sum",
+    ),
+    Setting(
+        "avgpool2d-tanh-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, padding=1), 12, nn.AvgPool2d(2), nn.Tanh()),
+        (3, 2, 4, 4),
+    ),
+    Setting(
+        "zeropad2d-ce-mean",
+        lambda: nn.Sequential(
+            nn.ZeroPad2d((1, 0, 1, 1)), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.Linear(24, 3)
+        ),
+        (3, 2, 4, 4),
+    ),
+    Setting(
+        "tf-same-padding-hook-ce-mean",
+        lambda: nn.Sequential(tf_same_conv(2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(27, 3)),
+        (3, 2, 5, 5),
+    ),
+    Setting(
+        "upsampling-bilinear-ce-mean",
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 2, 1),
+            nn.UpsamplingBilinear2d(scale_factor=2),
+            nn.Sigmoid(),
+            nn.Flatten(),
+            nn.Linear(32, 3),
+        ),
+        (2, 2, 2, 2),
+    ),
+    # float32
+    Setting("linear-ce-mean-float32", _linear, (3, 6), dtype=F32),
+    Setting("mlp-sigmoid-mse-mean-float32", mlp(nn.Sigmoid), (3, 6), "mse", "mean", F32),
+    Setting(
+        "conv2d-ce-sum-float32",
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3), 27, nn.ReLU()),
+        (2, 2, 5, 5),
+        "ce",
+        "sum",
+        F32,
+    ),
+]
+
+SETTING_IDS = [setting.id for setting in SETTINGS]
+assert len(set(SETTING_IDS)) == len(SETTING_IDS), "setting ids must be unique"
+
+
+def kronecker_layers(model: nn.Module) -> list:
+    """The Linear and Conv layers of a model with a trainable weight (KFAC/KFLR/KFRA apply)."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return [m for m in model.modules() if isinstance(m, kinds) and m.weight.requires_grad]
