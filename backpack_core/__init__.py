@@ -1,1 +1,17 @@
-"""backpack_core: a BackPACK-style engine of backprop extensions for ``torch.nn`` models."""
+"""backpack_core: a BackPACK-style engine of backprop extensions for ``torch.nn`` models.
+
+Usage::
+
+    from backpack_core import backpack, extend
+    from backpack_core.extensions import BatchGrad
+
+    model, lossfunc = extend(model), extend(torch.nn.CrossEntropyLoss())
+    with backpack(BatchGrad()):
+        lossfunc(model(X), y).backward()
+    # every parameter p now has p.grad_batch, shape [N, *p.shape]
+"""
+
+from backpack_core.derivatives import register_derivatives, supported_modules
+from backpack_core.engine import backpack, extend
+
+__all__ = ["backpack", "extend", "register_derivatives", "supported_modules"]

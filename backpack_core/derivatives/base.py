@@ -1,0 +1,240 @@
+"""The questions every module's derivatives answer, and generic answers built from them.
+
+Shapes: ``N`` is the batch size, ``V`` the number of stacked columns of a backpropagated
+matrix (e.g. ``C`` for the exact GGN factor of a ``C``-class loss), ``*in``/``*out`` the
+per-sample shapes of a module's input/output. A backpropagated matrix has shape
+``[V, N, *out]``: for each column ``v`` and sample ``n`` a tensor shaped like that sample's
+output.
+"""
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+# Above this many bytes an intermediate per-sample-per-column tensor is computed in chunks
+# over the columns, so that the exact GGN of a wide net does not run out of memory.
+CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass
+class ModuleIO:
+    """What the engine kept of one call of a module.
+
+    Attributes:
+        module: The module that was called.
+        input: Its first input, ``[N, *in]``.
+        output: Its output (detached), ``[N, *out]``.
+        target: For losses, the second input (the labels), else ``None``.
+        extra: What the module's derivatives captured at forward time (e.g. a dropout mask).
+        memo: Scratch space for values that several questions about this call share.
+    """
+
+    module: Module
+    input: Tensor
+    output: Tensor
+    target: Optional[Tensor] = None
+    extra: Any = None
+    memo: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """The number of samples ``N``."""
+        return self.input.shape[0]
+
+
+class UnsupportedOperation(NotImplementedError):
+    """A module's derivatives cannot answer a question an extension asks."""
+
+
+class Derivatives:
+    """The math of one module family.
+
+    A new layer implements at least :meth:`jac_t_mat_prod` (to pass quantities on to its
+    input) and, if it has parameters, :meth:`param_jac_t_mat_prod`. Everything else has a
+    generic answer in terms of those two, which a layer may override with a faster one.
+    """
+
+    #: ``True`` if the Jacobian w.r.t. the input is the same for every sample (linear
+    #: maps such as convolutions, padding, average pooling), which makes
+    #: :meth:`ea_jac_t_mat_jac_prod` cheap.
+    sample_independent_jacobian = False
+
+    def capture(self, module: Module, input: Tensor, output: Tensor) -> Any:
+        """Keep what the backward pass will need beyond input and output (forward time).
+
+        Args:
+            module: The module being called.
+            input: Its input ``[N, *in]``.
+            output: Its output ``[N, *out]``, still attached to the graph.
+
+        Returns:
+            Anything; it reaches the other methods as ``io.extra``.
+        """
+        return None
+
+    def jac_t_mat_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """Multiply the transposed Jacobian w.r.t. the input onto stacked columns.
+
+        Args:
+            io: The module call.
+            mat: ``[V, N, *out]``.
+
+        Returns:
+            ``[V, N, *in]``: for each column and sample, ``J_n^T mat[v, n]``.
+        """
+        raise UnsupportedOperation(f"{type(io.module).__name__} cannot pass quantities on")
+
+    def param_jac_t_mat_prod(
+        self, io: ModuleIO, name: str, mat: Tensor, sum_batch: bool = True
+    ) -> Tensor:
+        """Multiply the transposed Jacobian w.r.t. a parameter onto stacked columns.
+
+        Args:
+            io: The module call.
+            name: The parameter's name in the module (``"weight"``, ``"bias"``).
+            mat: ``[V, N, *out]``.
+            sum_batch: Sum over the samples.
+
+        Returns:
+            ``[V, *p.shape]`` if ``sum_batch`` else ``[V, N, *p.shape]``.
+        """
+        raise UnsupportedOperation(f"{type(io.module).__name__} has no parameter derivatives")
+
+    def hessian_residual(self, io: ModuleIO, grad_output: Tensor) -> Optional[Tensor]:
+        """The diagonal second-derivative term of an elementwise module.
+
+        Args:
+            io: The module call.
+            grad_output: ``[N, *out]``, the gradient w.r.t. the module's output.
+
+        Returns:
+            ``[N, *in]`` with ``f''(x) * grad_output``, or ``None`` where the module's
+            second derivative w.r.t. its input vanishes.
+        """
+        return None
+
+    # ------------------------------------------------------------------ first order
+    def batch_grad(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+        """Individual gradients ``[N, *p.shape]`` from the output gradient ``[N, *out]``."""
+        return self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=False)[0]
+
+    def sum_grad(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+        """The gradient ``[*p.shape]`` (sum of the individual gradients)."""
+        return self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=True)[0]
+
+    def batch_l2(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+        """Squared norms ``[N]`` of the individual gradients."""
+        return self.batch_grad(io, name, grad_output).flatten(1).pow(2).sum(1)
+
+    def sum_grad_squared(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+        """Sum ``[*p.shape]`` of the squared individual gradients."""
+        return self.batch_grad(io, name, grad_output).pow(2).sum(0)
+
+    def batch_dot(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+        """Pairwise dot products ``[N, N]`` of the individual gradients."""
+        flat = self.batch_grad(io, name, grad_output).flatten(1)
+        return flat @ flat.T
+
+    # ------------------------------------------------------------------ curvature
+    def diag_ggn(self, io: ModuleIO, name: str, mat: Tensor, sum_batch: bool = True) -> Tensor:
+        """Diagonal of ``sum_v (J^T mat_v)(J^T mat_v)^T`` w.r.t. a parameter.
+
+        Args:
+            io: The module call.
+            name: The parameter's name.
+            mat: ``[V, N, *out]``, a symmetric factor of the curvature at the output.
+            sum_batch: Sum over the samples.
+
+        Returns:
+            ``[*p.shape]`` if ``sum_batch`` else ``[N, *p.shape]``.
+        """
+        param = getattr(io.module, name)
+        columns, batch = mat.shape[:2]
+        per_column = batch * param.numel() * mat.element_size()
+        chunk = max(1, CHUNK_BYTES // max(per_column, 1))
+        result = None
+        for start in range(0, columns, chunk):
+            jac_t = self.param_jac_t_mat_prod(io, name, mat[start : start + chunk], False)
+            part = jac_t.pow(2).sum(0)
+            result = part if result is None else result + part
+        return result.sum(0) if sum_batch else result
+
+    def ea_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """Batch average of ``J_n^T mat J_n`` (the KFRA recursion).
+
+        Args:
+            io: The module call.
+            mat: ``[D_out, D_out]`` with ``D_out = prod(out)``.
+
+        Returns:
+            ``[D_in, D_in]``.
+        """
+        in_shape, out_shape = io.input.shape[1:], io.output.shape[1:]
+        d_in, d_out = prod(in_shape), prod(out_shape)
+        batch = 1 if self.sample_independent_jacobian else io.batch_size
+        columns = mat.reshape(d_out, 1, *out_shape).expand(d_out, batch, *out_shape)
+        left = self.jac_t_mat_prod(self._first_samples(io, batch), columns)  # [Do, B, *in]
+        left = left.reshape(d_out, batch, d_in).permute(2, 1, 0)  # [Di, B, Do]
+        both = self.jac_t_mat_prod(
+            self._first_samples(io, batch), left.reshape(d_in, batch, *out_shape)
+        )
+        return both.reshape(d_in, batch, d_in).mean(1)
+
+    @staticmethod
+    def _first_samples(io: ModuleIO, batch: int) -> ModuleIO:
+        if batch == io.batch_size:
+            return io
+        return ModuleIO(io.module, io.input[:batch], io.output[:batch], extra=io.extra)
+
+    # ------------------------------------------------------------------ Kronecker factors
+    def kronecker_input_factor(self, io: ModuleIO) -> Tensor:
+        """The input-based Kronecker factor ``A`` of the weight (KFAC, KFLR, KFRA)."""
+        raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
+
+    def kronecker_output_factor(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """The output-based factor ``B = sum_{v,n} s s^T`` from a factor ``[V, N, *out]``."""
+        raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
+
+    def kronecker_output_factor_from_matrix(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """The output-based factor ``B`` from a dense curvature ``[D_out, D_out]`` (KFRA)."""
+        raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
+
+
+class LossDerivatives(Derivatives):
+    """The math of a loss ``L = sum_n c * l(f_n, y_n)``, ``c`` the reduction's scale.
+
+    Factors carry the reduction's scale, so that their outer products sum to the Hessian of
+    the reduced loss w.r.t. the network output.
+    """
+
+    def check(self, io: ModuleIO) -> None:
+        """Raise if the loss module is configured in a way the engine does not support."""
+
+    def sqrt_hessian(self, io: ModuleIO) -> Tensor:
+        """Exact symmetric factor ``[V, N, *in]`` of the per-sample loss Hessians."""
+        raise NotImplementedError
+
+    def sqrt_hessian_sampled(self, io: ModuleIO, mc_samples: int) -> Tensor:
+        """Monte-Carlo factor ``[mc_samples, N, *in]`` with the Hessian as expectation.
+
+        Samples come from the model's predictive distribution.
+        """
+        raise NotImplementedError
+
+    def sum_hessian(self, io: ModuleIO) -> Tensor:
+        """Sum over samples of the per-sample loss Hessians, ``[D_in, D_in]``."""
+        raise NotImplementedError
+
+
+def flatten_features(tensor: Tensor, leading: int) -> Tensor:
+    """Flatten all dimensions after the first ``leading`` ones."""
+    return tensor.reshape(*tensor.shape[:leading], -1)
+
+
+def eye_like(size: int, like: Tensor) -> Tensor:
+    """Identity matrix with ``like``'s dtype and device."""
+    return torch.eye(size, dtype=like.dtype, device=like.device)

@@ -1,0 +1,131 @@
+"""``torch.nn.Conv1d/2d/3d``, written once for any number of spatial dimensions.
+
+Parameter derivatives use the unfolded input ("im2col"): ``U_n`` of shape
+``[groups, C_in/groups * prod(kernel), T]`` with ``T`` output positions, so that the output
+of group ``g`` is ``W_g U_n``. The input derivative is a transposed convolution.
+"""
+
+from math import prod
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, einsum
+
+from backpack_core.derivatives.base import Derivatives, ModuleIO, UnsupportedOperation
+
+_CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input}
+_CONV_INPUT[3] = torch.nn.grad.conv3d_input
+
+
+def _padding_pairs(module) -> List[Tuple[int, int]]:
+    """(before, after) zero padding per spatial dim, resolving ``"same"``/``"valid"``."""
+    if module.padding_mode != "zeros":
+        raise UnsupportedOperation(
+            f"{type(module).__name__} with padding_mode={module.padding_mode!r} "
+            "(only 'zeros' is supported)"
+        )
+    kernel, dilation = module.kernel_size, module.dilation
+    if module.padding == "valid":
+        return [(0, 0)] * len(kernel)
+    if module.padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return [(total // 2, total - total // 2) for total in totals]
+    return [(p, p) for p in module.padding]
+
+
+def _pad(x: Tensor, pairs: List[Tuple[int, int]]) -> Tensor:
+    if not any(before or after for before, after in pairs):
+        return x
+    flat = [amount for pair in reversed(pairs) for amount in pair]
+    return F.pad(x, flat)
+
+
+class ConvolutionDerivatives(Derivatives):
+    """Derivatives of ``ConvNd`` layers (zero padding, any stride/dilation/groups)."""
+
+    sample_independent_jacobian = True
+
+    def __init__(self, spatial_dims: int):
+        self.spatial_dims = spatial_dims
+
+    def unfold(self, io: ModuleIO) -> Tensor:
+        """The unfolded input ``[N, groups, C_in/groups * prod(kernel), T]`` (memoised)."""
+        if "unfolded" not in io.memo:
+            module = io.module
+            x = _pad(io.input, _padding_pairs(module))
+            dims = self.spatial_dims
+            for axis, (k, s, d) in enumerate(
+                zip(module.kernel_size, module.stride, module.dilation)
+            ):
+                x = x.unfold(2 + axis, d * (k - 1) + 1, s)
+                if d > 1:
+                    x = x[..., ::d]
+            # [N, C, *out, *kernel] -> [N, C, *kernel, *out]
+            order = [0, 1] + list(range(2 + dims, 2 + 2 * dims)) + list(range(2, 2 + dims))
+            x = x.permute(order)
+            n, groups = x.shape[0], module.groups
+            io.memo["unfolded"] = x.reshape(n, groups, -1, prod(x.shape[2 + dims :]))
+        return io.memo["unfolded"]
+
+    def jac_t_mat_prod(self, io, mat):
+        module = io.module
+        columns, batch = mat.shape[:2]
+        pairs = _padding_pairs(module)
+        padded_shape = [s + a + b for s, (a, b) in zip(io.input.shape[2:], pairs)]
+        result = _CONV_INPUT[self.spatial_dims](
+            [columns * batch, io.input.shape[1], *padded_shape],
+            module.weight,
+            mat.reshape(columns * batch, *mat.shape[2:]),
+            stride=module.stride,
+            padding=0,
+            dilation=module.dilation,
+            groups=module.groups,
+        )
+        for axis, (before, after) in enumerate(pairs):
+            result = result.narrow(2 + axis, before, result.shape[2 + axis] - before - after)
+        return result.reshape(columns, batch, *io.input.shape[1:])
+
+    def _grouped_columns(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """Columns ``[V, N, groups, C_out/groups, T]``."""
+        groups = io.module.groups
+        return mat.reshape(*mat.shape[:2], groups, mat.shape[2] // groups, -1)
+
+    def param_jac_t_mat_prod(self, io, name, mat, sum_batch=True):
+        if name == "bias":
+            summed = mat.flatten(3).sum(3)
+            return summed.sum(1) if sum_batch else summed
+        weight = io.module.weight
+        cols = self._grouped_columns(io, mat)
+        equation = "vngot,ngct->vgoc" if sum_batch else "vngot,ngct->vngoc"
+        result = einsum(equation, cols, self.unfold(io))
+        return result.reshape(*result.shape[: 1 if sum_batch else 2], *weight.shape)
+
+    def batch_l2(self, io, name, grad_output):
+        if name == "bias":
+            return super().batch_l2(io, name, grad_output)
+        g = self._grouped_columns(io, grad_output.unsqueeze(0))[0]  # [N, G, O, T]
+        unfolded = self.unfold(io)  # [N, G, C, T]
+        out_ch, in_ch, steps = g.shape[2], unfolded.shape[2], g.shape[3]
+        if steps * steps * (out_ch + in_ch) < out_ch * in_ch * steps:
+            # Gram form: ||sum_t g_t u_t^T||^2 = sum_{t,s} (g_t . g_s)(u_t . u_s)
+            gram_g = einsum("ngot,ngos->ngts", g, g)
+            gram_u = einsum("ngct,ngcs->ngts", unfolded, unfolded)
+            return (gram_g * gram_u).sum((1, 2, 3))
+        return super().batch_l2(io, name, grad_output)
+
+    def kronecker_input_factor(self, io):
+        if io.module.groups != 1:
+            raise UnsupportedOperation("Kronecker factors of grouped convolutions")
+        unfolded = self.unfold(io)[:, 0]  # [N, C*K, T]
+        return einsum("nct,ndt->cd", unfolded, unfolded) / io.batch_size
+
+    def kronecker_output_factor(self, io, mat):
+        flat = mat.flatten(3)  # [V, N, O, T]
+        return einsum("vnot,vnpt->op", flat, flat)
+
+    def kronecker_output_factor_from_matrix(self, io, mat):
+        channels = io.output.shape[1]
+        steps = io.output[0, 0].numel()
+        blocks = mat.reshape(channels, steps, channels, steps)
+        return einsum("otpt->op", blocks)

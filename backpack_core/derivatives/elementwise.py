@@ -1,0 +1,109 @@
+"""Elementwise modules ``y = f(x)``: activations and dropout.
+
+Their Jacobian is diagonal, ``diag(f'(x_n))``; activations with a non-zero second
+derivative contribute the residual ``f''(x) * grad_output`` to the Hessian.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor, einsum
+
+from backpack_core.derivatives.base import Derivatives, ModuleIO
+
+
+class ElementwiseDerivatives(Derivatives):
+    """Shared math; subclasses give ``f'`` and, where it does not vanish, ``f''``."""
+
+    def first_derivative(self, io: ModuleIO) -> Tensor:
+        """``f'(x)``, shaped like the input ``[N, *in]``."""
+        raise NotImplementedError
+
+    def second_derivative(self, io: ModuleIO) -> Optional[Tensor]:
+        """``f''(x)`` ``[N, *in]``, or ``None`` if it vanishes (piecewise linear ``f``)."""
+        return None
+
+    def _first(self, io: ModuleIO) -> Tensor:
+        if "df" not in io.memo:
+            io.memo["df"] = self.first_derivative(io)
+        return io.memo["df"]
+
+    def jac_t_mat_prod(self, io, mat):
+        return mat * self._first(io).unsqueeze(0)
+
+    def hessian_residual(self, io, grad_output):
+        second = self.second_derivative(io)
+        return None if second is None else second * grad_output
+
+    def batch_grad(self, io, name, grad_output):
+        raise AssertionError("elementwise modules have no parameters")
+
+    def ea_jac_t_mat_jac_prod(self, io, mat):
+        df = self._first(io).flatten(1)
+        return mat * einsum("ni,nj->ij", df, df) / io.batch_size
+
+
+class ReLUDerivatives(ElementwiseDerivatives):
+    """``max(x, 0)``: piecewise linear, no residual."""
+
+    def first_derivative(self, io):
+        return (io.input > 0).to(io.input.dtype)
+
+
+class LeakyReLUDerivatives(ElementwiseDerivatives):
+    """``x`` or ``slope * x``: piecewise linear, no residual."""
+
+    def first_derivative(self, io):
+        slope = io.module.negative_slope
+        ones = torch.ones_like(io.input)
+        return torch.where(io.input > 0, ones, ones * slope)
+
+
+class SigmoidDerivatives(ElementwiseDerivatives):
+    """``1 / (1 + exp(-x))``, derivatives from the output."""
+
+    def first_derivative(self, io):
+        y = io.output
+        return y * (1 - y)
+
+    def second_derivative(self, io):
+        y = io.output
+        return y * (1 - y) * (1 - 2 * y)
+
+
+class TanhDerivatives(ElementwiseDerivatives):
+    """``tanh(x)``, derivatives from the output."""
+
+    def first_derivative(self, io):
+        return 1 - io.output.pow(2)
+
+    def second_derivative(self, io):
+        y = io.output
+        return -2 * y * (1 - y.pow(2))
+
+
+class DropoutDerivatives(ElementwiseDerivatives):
+    """Dropout in training mode multiplies by a random mask scaled by ``1/(1-p)``.
+
+    The mask is read at forward time from what autograd saved for the backward pass, so
+    that the derivative is exact even where the input is zero.
+    """
+
+    def capture(self, module, input, output):
+        if not module.training or module.p == 0:
+            return None
+        node = output.grad_fn
+        for attribute, scale in (("_saved_other", 1.0), ("_saved_result1", 1 / (1 - module.p))):
+            saved = getattr(node, attribute, None)
+            if isinstance(saved, Tensor) and saved.shape == output.shape:
+                return saved.to(output.dtype) * scale
+        raise RuntimeError(
+            "backpack_core could not read the dropout mask of "
+            f"{module} from autograd ({type(node).__name__}); please report this with "
+            f"your torch version {torch.__version__}."
+        )
+
+    def first_derivative(self, io):
+        if io.extra is None:
+            return torch.ones_like(io.input)
+        return io.extra

@@ -1,0 +1,38 @@
+"""Modules that only move entries around: ``Flatten``, ``ZeroPad2d``, ``Identity``."""
+
+import torch.nn.functional as F
+
+from backpack_core.derivatives.base import Derivatives
+
+
+class FlattenDerivatives(Derivatives):
+    """A reshape; also serves any module whose output is a reshaped input."""
+
+    sample_independent_jacobian = True
+
+    def jac_t_mat_prod(self, io, mat):
+        return mat.reshape(*mat.shape[:2], *io.input.shape[1:])
+
+    def ea_jac_t_mat_jac_prod(self, io, mat):
+        return mat
+
+
+class ZeroPadDerivatives(Derivatives):
+    """Zero padding; its transposed Jacobian crops (a negative pad)."""
+
+    sample_independent_jacobian = True
+
+    def capture(self, module, input, output):
+        # DeepOBS's tf-"same" padding sets ``module.padding`` in a forward pre-hook, so the
+        # padding of *this* call is kept rather than read again at backward time.
+        return tuple(module.padding)
+
+    def jac_t_mat_prod(self, io, mat):
+        columns, batch = mat.shape[:2]
+        crop = [-amount for amount in io.extra]
+        flat = F.pad(mat.reshape(columns * batch, *mat.shape[2:]), crop)
+        return flat.reshape(columns, batch, *io.input.shape[1:])
+
+
+class IdentityDerivatives(FlattenDerivatives):
+    """The identity (usually never reached: the engine skips modules that return their input)."""

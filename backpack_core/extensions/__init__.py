@@ -1,0 +1,39 @@
+"""The extensions: what to compute during ``backward()``, one file per family."""
+
+from backpack_core.extensions.base import BackpropExtension
+from backpack_core.extensions.curvature import (
+    KFAC,
+    KFLR,
+    KFRA,
+    BatchDiagGGNExact,
+    BatchDiagGGNMC,
+    BatchDiagHessian,
+    DiagGGNExact,
+    DiagGGNMC,
+    DiagHessian,
+)
+from backpack_core.extensions.firstorder import (
+    BatchDotGrad,
+    BatchGrad,
+    BatchL2Grad,
+    SumGradSquared,
+    Variance,
+)
+
+__all__ = [
+    "BackpropExtension",
+    "BatchGrad",
+    "BatchL2Grad",
+    "SumGradSquared",
+    "Variance",
+    "BatchDotGrad",
+    "DiagGGNExact",
+    "DiagGGNMC",
+    "BatchDiagGGNExact",
+    "BatchDiagGGNMC",
+    "DiagHessian",
+    "BatchDiagHessian",
+    "KFAC",
+    "KFLR",
+    "KFRA",
+]

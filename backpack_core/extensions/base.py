@@ -1,0 +1,133 @@
+"""What every extension is, and the per-module context the engine hands to it."""
+
+from typing import Any, Callable, Dict, Hashable, Tuple
+
+from torch import Tensor
+
+from backpack_core.derivatives.base import Derivatives, ModuleIO
+from backpack_core.quantities import BackpropagatedQuantity
+
+
+class BackpropExtension:
+    """An extension: a quantity computed for every parameter during ``backward()``.
+
+    Subclasses set :attr:`savefield` (the attribute written on each parameter), list the
+    backpropagated quantities they read in :meth:`quantities`, and compute their value for
+    one parameter of one module in :meth:`compute`.
+    """
+
+    savefield: str = None
+
+    def quantities(self) -> Tuple[BackpropagatedQuantity, ...]:
+        """The quantities this extension needs backpropagated from the loss (none: first order)."""
+        return ()
+
+    def compute(self, ctx: "ModuleContext", name: str) -> Any:
+        """The extension's value for parameter ``name`` of ``ctx.io.module``.
+
+        Args:
+            ctx: Everything known about this module call during the backward pass.
+            name: The parameter's name in the module (``"weight"``, ``"bias"``).
+
+        Returns:
+            The value stored as ``param.<savefield>``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ModuleContext:
+    """One module call during the backward pass, with memoised shared work.
+
+    Extensions that need the same intermediate (individual gradients, a Kronecker factor)
+    get it computed once per module call.
+
+    Attributes:
+        io: The module call (input, output, module).
+        derivatives: The math of the module's class.
+        grad_output: Gradient of the loss w.r.t. the module output, ``[N, *out]``.
+        quantities: Backpropagated quantities at the module output, by key.
+        individual_gradients_wanted: Some active extension stores individual gradients, so
+            the other first-order quantities are derived from them instead of recomputed.
+    """
+
+    def __init__(
+        self,
+        io: ModuleIO,
+        derivatives: Derivatives,
+        grad_output: Tensor,
+        quantities: Dict[Hashable, Any],
+        individual_gradients_wanted: bool,
+    ):
+        self.io = io
+        self.derivatives = derivatives
+        self.grad_output = grad_output
+        self.quantities = quantities
+        self.individual_gradients_wanted = individual_gradients_wanted
+        self._memo: Dict[Hashable, Any] = {}
+
+    @property
+    def batch_size(self) -> int:
+        """The number of samples ``N``."""
+        return self.io.batch_size
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key and module call."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def _from_individual(self, name: str) -> bool:
+        return self.individual_gradients_wanted or ("batch_grad", name) in self._memo
+
+    def batch_grad(self, name: str) -> Tensor:
+        """Individual gradients ``[N, *p.shape]``."""
+        return self.memo(
+            ("batch_grad", name),
+            lambda: self.derivatives.batch_grad(self.io, name, self.grad_output),
+        )
+
+    def sum_grad(self, name: str) -> Tensor:
+        """The gradient of the reduced loss w.r.t. the parameter, ``[*p.shape]``."""
+        if self._from_individual(name):
+            return self.memo(("sum_grad", name), lambda: self.batch_grad(name).sum(0))
+        return self.memo(
+            ("sum_grad", name),
+            lambda: self.derivatives.sum_grad(self.io, name, self.grad_output),
+        )
+
+    def sum_grad_squared(self, name: str) -> Tensor:
+        """Sum of squared individual gradients ``[*p.shape]``."""
+        if self._from_individual(name):
+            return self.memo(("sgs", name), lambda: self.batch_grad(name).pow(2).sum(0))
+        return self.memo(
+            ("sgs", name),
+            lambda: self.derivatives.sum_grad_squared(self.io, name, self.grad_output),
+        )
+
+    def batch_l2(self, name: str) -> Tensor:
+        """Squared norms of the individual gradients ``[N]``."""
+        if self._from_individual(name):
+            return self.memo(
+                ("batch_l2", name), lambda: self.batch_grad(name).flatten(1).pow(2).sum(1)
+            )
+        return self.memo(
+            ("batch_l2", name),
+            lambda: self.derivatives.batch_l2(self.io, name, self.grad_output),
+        )
+
+    def batch_dot(self, name: str) -> Tensor:
+        """Pairwise dot products of the individual gradients ``[N, N]``."""
+        if self._from_individual(name):
+
+            def from_individual():
+                flat = self.batch_grad(name).flatten(1)
+                return flat @ flat.T
+
+            return self.memo(("batch_dot", name), from_individual)
+        return self.memo(
+            ("batch_dot", name),
+            lambda: self.derivatives.batch_dot(self.io, name, self.grad_output),
+        )

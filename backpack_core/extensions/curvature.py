@@ -1,0 +1,177 @@
+"""Curvature extensions: diagonals of the GGN and the Hessian, and Kronecker factors.
+
+All of them read a quantity that the loss starts and every module passes on (see
+:mod:`backpack_core.quantities`); they differ only in which one, and in what they make of
+it at a parameter.
+"""
+
+from backpack_core.extensions.base import BackpropExtension
+from backpack_core.quantities import (
+    HessianFactors,
+    KFRAMatrix,
+    SqrtGGNExact,
+    SqrtGGNMonteCarlo,
+)
+
+
+def _check_mc_samples(mc_samples) -> int:
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+    return mc_samples
+
+
+class _DiagGGN(BackpropExtension):
+    sum_batch = True
+
+    def compute(self, ctx, name):
+        factor = ctx.quantities[self.quantities()[0].key]
+        return ctx.derivatives.diag_ggn(ctx.io, name, factor, sum_batch=self.sum_batch)
+
+
+class DiagGGNExact(_DiagGGN):
+    """Diagonal of the generalised Gauss-Newton matrix: ``p.diag_ggn_exact``, shaped like ``p``.
+
+    Backpropagates ``C`` columns per sample for a ``C``-dimensional network output (for
+    CIFAR-100, 100): memory and time grow with ``C``; the Monte-Carlo variant needs
+    ``mc_samples`` columns instead.
+    """
+
+    savefield = "diag_ggn_exact"
+
+    def quantities(self):
+        return (SqrtGGNExact(),)
+
+
+class BatchDiagGGNExact(DiagGGNExact):
+    """Per-sample summands of the GGN diagonal: ``p.diag_ggn_exact_batch``, ``[N, *p.shape]``."""
+
+    savefield = "diag_ggn_exact_batch"
+    sum_batch = False
+
+
+class DiagGGNMC(_DiagGGN):
+    """Monte-Carlo estimate of the GGN diagonal: ``p.diag_ggn_mc``, shaped like ``p``.
+
+    Args:
+        mc_samples: Samples drawn from the model's predictive distribution per data point.
+            Random numbers come from torch's generator (``torch.manual_seed`` reproduces).
+    """
+
+    savefield = "diag_ggn_mc"
+
+    def __init__(self, mc_samples: int = 1):
+        self.mc_samples = _check_mc_samples(mc_samples)
+
+    def quantities(self):
+        return (SqrtGGNMonteCarlo(self.mc_samples),)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mc_samples={self.mc_samples})"
+
+
+class BatchDiagGGNMC(DiagGGNMC):
+    """Per-sample summands of the MC GGN diagonal: ``p.diag_ggn_mc_batch``, ``[N, *p.shape]``."""
+
+    savefield = "diag_ggn_mc_batch"
+    sum_batch = False
+
+
+class DiagHessian(BackpropExtension):
+    """Diagonal of the Hessian: ``p.diag_h``, shaped like ``p``.
+
+    Exact for chains of the supported layers: the GGN term plus the residual terms of
+    activations with a non-zero second derivative (Sigmoid, Tanh). Each such activation adds
+    as many columns per sample as it has features.
+    """
+
+    savefield = "diag_h"
+    sum_batch = True
+
+    def quantities(self):
+        return (HessianFactors(),)
+
+    def compute(self, ctx, name):
+        result = None
+        for factor, sign in ctx.quantities[HessianFactors.key]:
+            part = ctx.derivatives.diag_ggn(ctx.io, name, factor, sum_batch=self.sum_batch)
+            result = part * sign if result is None else result + part * sign
+        return result
+
+
+class BatchDiagHessian(DiagHessian):
+    """Per-sample summands of the Hessian diagonal: ``p.diag_h_batch``, ``[N, *p.shape]``."""
+
+    savefield = "diag_h_batch"
+    sum_batch = False
+
+
+class _Kronecker(BackpropExtension):
+    """``[B, A]`` for a weight (``B`` over outputs, ``A`` over inputs), ``[B]`` for a bias.
+
+    ``A = (1/N) sum_n x_n x_n^T`` (convolutions: unfolded inputs, summed over positions);
+    ``B`` from the backpropagated quantity, summed over samples (it carries the loss's
+    reduction scale), so that ``B kron A`` approximates the weight's GGN block.
+    """
+
+    def output_factor(self, ctx):
+        factor = ctx.quantities[self.quantities()[0].key]
+        return ctx.derivatives.kronecker_output_factor(ctx.io, factor)
+
+    def compute(self, ctx, name):
+        output_factor = ctx.memo(("kron_B", self.savefield), lambda: self.output_factor(ctx))
+        if name == "bias":
+            return [output_factor]
+        input_factor = ctx.memo("kron_A", lambda: ctx.derivatives.kronecker_input_factor(ctx.io))
+        return [output_factor, input_factor]
+
+
+class KFLR(_Kronecker):
+    """Kronecker factors of the exact GGN (Botev et al., 2017): ``p.kflr``."""
+
+    savefield = "kflr"
+
+    def quantities(self):
+        return (SqrtGGNExact(),)
+
+
+class KFAC(_Kronecker):
+    """Kronecker factors of the Monte-Carlo GGN (Martens & Grosse, 2015): ``p.kfac``.
+
+    Args:
+        mc_samples: Samples from the model's predictive distribution per data point.
+    """
+
+    savefield = "kfac"
+
+    def __init__(self, mc_samples: int = 1):
+        self.mc_samples = _check_mc_samples(mc_samples)
+
+    def quantities(self):
+        return (SqrtGGNMonteCarlo(self.mc_samples),)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mc_samples={self.mc_samples})"
+
+
+class KFRA(_Kronecker):
+    """Kronecker factors from recursively batch-averaged GGN blocks (Botev et al., 2017).
+
+    The quantity passed backward is a dense ``[D, D]`` matrix for a layer with ``D``
+    features per sample (the batch average is taken at every layer).
+
+    Args:
+        max_bytes: Largest dense matrix KFRA may form (default 4 GiB); beyond it a clear
+            ``MemoryError`` names the layer instead of exhausting memory.
+    """
+
+    savefield = "kfra"
+
+    def __init__(self, max_bytes: int = 4 * 2**30):
+        self.max_bytes = max_bytes
+
+    def quantities(self):
+        return (KFRAMatrix(self.max_bytes),)
+
+    def output_factor(self, ctx):
+        matrix = ctx.quantities[KFRAMatrix.key]
+        return ctx.derivatives.kronecker_output_factor_from_matrix(ctx.io, matrix)

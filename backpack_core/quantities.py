@@ -1,0 +1,114 @@
+"""Quantities that travel backward through the network, from the loss to the input.
+
+Each is started once by the loss and passed on by every module, however many extensions
+read it: DiagGGNExact, BatchDiagGGNExact and KFLR share one exact factor, KFAC and DiagGGNMC
+with the same ``mc_samples`` share one sampled factor.
+"""
+
+from math import prod, sqrt
+from typing import Hashable, List, Tuple
+
+import torch
+from torch import Tensor
+
+from backpack_core.derivatives.base import Derivatives, LossDerivatives, ModuleIO
+
+
+class BackpropagatedQuantity:
+    """How a quantity starts at the loss and passes through a module."""
+
+    key: Hashable = None
+
+    def start(self, derivatives: LossDerivatives, io: ModuleIO, scale: float):
+        """The quantity w.r.t. the loss input, for a loss whose output is scaled by ``scale``."""
+        raise NotImplementedError
+
+    def backpropagate(self, derivatives: Derivatives, io: ModuleIO, value, grad_output: Tensor):
+        """The quantity w.r.t. the module's input from the one w.r.t. its output."""
+        raise NotImplementedError
+
+
+class SqrtGGNExact(BackpropagatedQuantity):
+    """Exact symmetric factor ``[C, N, *shape]`` of the GGN w.r.t. a module's output."""
+
+    key = "sqrt_ggn_exact"
+
+    def start(self, derivatives, io, scale):
+        return derivatives.sqrt_hessian(io) * sqrt(scale)
+
+    def backpropagate(self, derivatives, io, value, grad_output):
+        return derivatives.jac_t_mat_prod(io, value)
+
+
+class SqrtGGNMonteCarlo(SqrtGGNExact):
+    """Sampled factor ``[mc_samples, N, *shape]`` of the GGN (expectation: the exact GGN)."""
+
+    def __init__(self, mc_samples: int):
+        self.mc_samples = mc_samples
+        self.key = ("sqrt_ggn_mc", mc_samples)
+
+    def start(self, derivatives, io, scale):
+        return derivatives.sqrt_hessian_sampled(io, self.mc_samples) * sqrt(scale)
+
+
+class HessianFactors(BackpropagatedQuantity):
+    """Signed symmetric factors ``[(factor, sign), ...]`` of the Hessian at a module output.
+
+    Their signed outer products sum to the Hessian w.r.t. the module's output.
+
+    The loss contributes its exact Hessian factor; every elementwise module with a non-zero
+    second derivative adds the diagonal residual ``f''(x) * grad_output``, split into its
+    positive and negative parts.
+    """
+
+    key = "hessian_factors"
+
+    def start(self, derivatives, io, scale):
+        return [(derivatives.sqrt_hessian(io) * sqrt(scale), 1.0)]
+
+    def backpropagate(self, derivatives, io, value, grad_output):
+        factors: List[Tuple[Tensor, float]] = [
+            (derivatives.jac_t_mat_prod(io, factor), sign) for factor, sign in value
+        ]
+        residual = derivatives.hessian_residual(io, grad_output)
+        if residual is not None:
+            for sign, part in ((1.0, residual.clamp(min=0)), (-1.0, (-residual).clamp(min=0))):
+                if part.any():
+                    factors.append((_diagonal_factor(part.sqrt()), sign))
+        return factors
+
+
+def _diagonal_factor(diagonal: Tensor) -> Tensor:
+    """The factor ``[D, N, *shape]`` of per-sample diagonal matrices ``diag(d_n)^2``."""
+    batch, shape = diagonal.shape[0], diagonal.shape[1:]
+    flat = torch.diag_embed(diagonal.reshape(batch, -1))  # [N, D, D]
+    return flat.transpose(0, 1).reshape(-1, batch, *shape)
+
+
+class KFRAMatrix(BackpropagatedQuantity):
+    """The batch-averaged GGN w.r.t. a module's output as a dense ``[D, D]`` matrix (KFRA).
+
+    Args:
+        max_bytes: Refuse to form a matrix larger than this, with an error that says which
+            module would need how much, instead of exhausting the machine's memory.
+    """
+
+    key = "kfra"
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
+    def start(self, derivatives, io, scale):
+        return derivatives.sum_hessian(io) * scale
+
+    def backpropagate(self, derivatives, io, value, grad_output):
+        features = prod(io.input.shape[1:])
+        needed = features * features * value.element_size()
+        if needed > self.max_bytes:
+            raise MemoryError(
+                f"KFRA would form a dense {features} x {features} matrix "
+                f"({needed / 2**30:.1f} GiB) at the input of {io.module}; the limit is "
+                f"{self.max_bytes / 2**30:.1f} GiB. Raise it with KFRA(max_bytes=...) if "
+                "the memory is there, or use KFLR/KFAC for this network."
+            )
+        return derivatives.ea_jac_t_mat_jac_prod(io, value)
