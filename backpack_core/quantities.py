@@ -86,11 +86,18 @@ def _diagonal_factor(diagonal: Tensor) -> Tensor:
 
 
 class KFRAMatrix(BackpropagatedQuantity):
-    """The batch-averaged GGN w.r.t. a module's output as a dense ``[D, D]`` matrix (KFRA).
+    """The batch-averaged GGN w.r.t. a module's output (KFRA), as ``(form, matrix)``.
+
+    On flat features ``[N, D]`` the form is ``"dense"``: the exact ``[D, D]`` recursion of
+    Botev et al. (2017). On feature maps ``[N, C, *spatial]`` the form is ``"channel"``: one
+    ``[C, C]`` matrix shared by all positions, without coupling between positions (the
+    spatial-homogeneity assumption of Kronecker-factored convolutions). Dense matrices of a
+    feature map would need ``(C * H * W)^2`` entries (17 GB for CIFAR's first layer).
+    For a network with a single Linear or Conv layer, KFRA equals KFLR in both forms.
 
     Args:
-        max_bytes: Refuse to form a matrix larger than this, with an error that says which
-            module would need how much, instead of exhausting the machine's memory.
+        max_bytes: Refuse to form a dense matrix larger than this, with an error that says
+            which module would need how much, instead of exhausting the machine's memory.
     """
 
     key = "kfra"
@@ -99,11 +106,17 @@ class KFRAMatrix(BackpropagatedQuantity):
         self.max_bytes = max_bytes
 
     def start(self, derivatives, io, scale):
-        return derivatives.sum_hessian(io) * scale
+        matrix = derivatives.sum_hessian(io) * scale
+        if io.input.dim() > 2:
+            return ("channel", _channel_form(matrix, io.input.shape[1:]))
+        return ("dense", matrix)
 
     def backpropagate(self, derivatives, io, value, grad_output):
+        form, matrix = value
+        if form == "channel":
+            return ("channel", derivatives.ea_channel_jac_t_mat_jac_prod(io, matrix))
         features = prod(io.input.shape[1:])
-        needed = features * features * value.element_size()
+        needed = features * features * matrix.element_size()
         if needed > self.max_bytes:
             raise MemoryError(
                 f"KFRA would form a dense {features} x {features} matrix "
@@ -111,4 +124,14 @@ class KFRAMatrix(BackpropagatedQuantity):
                 f"{self.max_bytes / 2**30:.1f} GiB. Raise it with KFRA(max_bytes=...) if "
                 "the memory is there, or use KFLR/KFAC for this network."
             )
-        return derivatives.ea_jac_t_mat_jac_prod(io, value)
+        dense = derivatives.ea_jac_t_mat_jac_prod(io, matrix)
+        if io.input.dim() > 2:
+            return ("channel", _channel_form(dense, io.input.shape[1:]))
+        return ("dense", dense)
+
+
+def _channel_form(matrix: Tensor, shape: torch.Size) -> Tensor:
+    """Average the per-position channel blocks of a dense ``[C*T, C*T]`` matrix."""
+    channels, positions = shape[0], prod(shape[1:])
+    blocks = matrix.reshape(channels, positions, channels, positions)
+    return torch.einsum("ctdt->cd", blocks) / positions

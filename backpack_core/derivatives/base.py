@@ -184,6 +184,24 @@ class Derivatives:
         )
         return both.reshape(d_in, batch, d_in).mean(1)
 
+    def ea_channel_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """The KFRA recursion on feature maps, in channel form.
+
+        A curvature over a feature map ``[C, *spatial]`` is approximated as the same
+        ``[C, C]`` matrix at every position and no coupling between positions (the
+        spatial-homogeneity assumption of Kronecker-factored convolutions, Grosse & Martens
+        2016). This method maps that channel matrix at the output to the one at the input,
+        averaged over samples and positions.
+
+        Args:
+            io: The module call (input ``[N, C_in, *spatial_in]``).
+            mat: ``[C_out, C_out]``.
+
+        Returns:
+            ``[C_in, C_in]``.
+        """
+        raise UnsupportedOperation(f"KFRA through {type(io.module).__name__} on feature maps")
+
     @staticmethod
     def _first_samples(io: ModuleIO, batch: int) -> ModuleIO:
         if batch == io.batch_size:
@@ -200,7 +218,11 @@ class Derivatives:
         raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
 
     def kronecker_output_factor_from_matrix(self, io: ModuleIO, mat: Tensor) -> Tensor:
-        """The output-based factor ``B`` from a dense curvature ``[D_out, D_out]`` (KFRA)."""
+        """The output-based factor ``B`` from the KFRA matrix at the output.
+
+        The matrix is dense ``[D_out, D_out]`` for flat outputs and the shared channel
+        matrix ``[C_out, C_out]`` for feature maps.
+        """
         raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
 
 

@@ -125,7 +125,15 @@ class ConvolutionDerivatives(Derivatives):
         return einsum("vnot,vnpt->op", flat, flat)
 
     def kronecker_output_factor_from_matrix(self, io, mat):
-        channels = io.output.shape[1]
-        steps = io.output[0, 0].numel()
-        blocks = mat.reshape(channels, steps, channels, steps)
-        return einsum("otpt->op", blocks)
+        # ``mat`` is the channel matrix shared by all output positions (see
+        # ``Derivatives.ea_channel_jac_t_mat_jac_prod``); the weight sees every position.
+        return mat * io.output[0, 0].numel()
+
+    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
+        if io.module.groups != 1:
+            raise UnsupportedOperation("KFRA through grouped convolutions")
+        weight = io.module.weight.flatten(2)  # [O, C, K]
+        # Each kernel offset maps output position t to one input position; on average an
+        # input position is reached T_out / T_in times per offset.
+        ratio = io.output[0, 0].numel() / io.input[0, 0].numel()
+        return einsum("ock,op,pdk->cd", weight, mat, weight) * ratio

@@ -42,6 +42,11 @@ class ElementwiseDerivatives(Derivatives):
         df = self._first(io).flatten(1)
         return mat * einsum("ni,nj->ij", df, df) / io.batch_size
 
+    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
+        df = self._first(io).flatten(2)  # [N, C, T]
+        samples_positions = df.shape[0] * df.shape[2]
+        return mat * einsum("nct,ndt->cd", df, df) / samples_positions
+
 
 class ReLUDerivatives(ElementwiseDerivatives):
     """``max(x, 0)``: piecewise linear, no residual."""

@@ -16,6 +16,9 @@ class FlattenDerivatives(Derivatives):
     def ea_jac_t_mat_jac_prod(self, io, mat):
         return mat
 
+    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
+        return mat
+
 
 class ZeroPadDerivatives(Derivatives):
     """Zero padding; its transposed Jacobian crops (a negative pad)."""
@@ -32,6 +35,10 @@ class ZeroPadDerivatives(Derivatives):
         crop = [-amount for amount in io.extra]
         flat = F.pad(mat.reshape(columns * batch, *mat.shape[2:]), crop)
         return flat.reshape(columns, batch, *io.input.shape[1:])
+
+    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
+        # Cropping keeps the per-position channel matrix.
+        return mat
 
 
 class IdentityDerivatives(FlattenDerivatives):

@@ -157,7 +157,10 @@ class KFRA(_Kronecker):
     """Kronecker factors from recursively batch-averaged GGN blocks (Botev et al., 2017).
 
     The quantity passed backward is a dense ``[D, D]`` matrix for a layer with ``D``
-    features per sample (the batch average is taken at every layer).
+    features per sample (the batch average is taken at every layer); on convolutional
+    feature maps a ``[C, C]`` channel matrix under the spatial-homogeneity assumption of
+    Kronecker-factored convolutions (see :class:`backpack_core.quantities.KFRAMatrix`), so
+    that KFRA runs on conv nets in the memory of an ordinary machine.
 
     Args:
         max_bytes: Largest dense matrix KFRA may form (default 4 GiB); beyond it a clear
@@ -173,5 +176,5 @@ class KFRA(_Kronecker):
         return (KFRAMatrix(self.max_bytes),)
 
     def output_factor(self, ctx):
-        matrix = ctx.quantities[KFRAMatrix.key]
+        _, matrix = ctx.quantities[KFRAMatrix.key]
         return ctx.derivatives.kronecker_output_factor_from_matrix(ctx.io, matrix)
