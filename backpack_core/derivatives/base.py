@@ -118,9 +118,22 @@ class Derivatives:
         return None
 
     # ------------------------------------------------------------------ first order
-    def batch_grad(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
-        """Individual gradients ``[N, *p.shape]`` from the output gradient ``[N, *out]``."""
-        return self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=False)[0]
+    def batch_grad(
+        self, io: ModuleIO, name: str, grad_output: Tensor, out: Optional[Tensor] = None
+    ) -> Tensor:
+        """Individual gradients ``[N, *p.shape]`` from the output gradient ``[N, *out]``.
+
+        Args:
+            io: The module call.
+            name: The parameter's name.
+            grad_output: ``[N, *out]``.
+            out: Optional contiguous ``[N, *p.shape]`` tensor to write the result into.
+
+        Returns:
+            The individual gradients (``out`` if given).
+        """
+        result = self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=False)[0]
+        return result if out is None else out.copy_(result)
 
     def sum_grad(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
         """The gradient ``[*p.shape]`` (sum of the individual gradients)."""

@@ -101,6 +101,19 @@ class ConvolutionDerivatives(Derivatives):
         result = einsum(equation, cols, self.unfold(io))
         return result.reshape(*result.shape[: 1 if sum_batch else 2], *weight.shape)
 
+    def batch_grad(self, io, name, grad_output, out=None):
+        if name == "bias":
+            return super().batch_grad(io, name, grad_output, out)
+        g = self._grouped_columns(io, grad_output.unsqueeze(0))[0]  # [N, G, O/G, T]
+        unfolded = self.unfold(io)  # [N, G, C/G * K, T]
+        if out is None:
+            # Allocated in the parameter's shape (not a reshaped view), so that the next
+            # step can reuse it.
+            out = g.new_empty(g.shape[0], *io.module.weight.shape)
+        shape = (*g.shape[:3], unfolded.shape[2])
+        torch.matmul(g, unfolded.transpose(2, 3), out=out.view(shape))
+        return out
+
     def batch_l2(self, io, name, grad_output):
         if name == "bias":
             return super().batch_l2(io, name, grad_output)

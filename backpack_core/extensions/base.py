@@ -4,6 +4,7 @@ from typing import Any, Callable, Dict, Hashable, Tuple
 
 from torch import Tensor
 
+from backpack_core.buffers import reusable
 from backpack_core.derivatives.base import Derivatives, ModuleIO
 from backpack_core.quantities import BackpropagatedQuantity
 
@@ -83,11 +84,21 @@ class ModuleContext:
         return self.individual_gradients_wanted or ("batch_grad", name) in self._memo
 
     def batch_grad(self, name: str) -> Tensor:
-        """Individual gradients ``[N, *p.shape]``."""
-        return self.memo(
-            ("batch_grad", name),
-            lambda: self.derivatives.batch_grad(self.io, name, self.grad_output),
-        )
+        """Individual gradients ``[N, *p.shape]``.
+
+        When they will be stored as ``grad_batch``, the previous step's tensor is reused if
+        nothing else refers to it (see :mod:`backpack_core.buffers`).
+        """
+
+        def compute():
+            out = None
+            if self.individual_gradients_wanted:
+                param = getattr(self.io.module, name)
+                shape = (self.batch_size, *param.shape)
+                out = reusable(param, "grad_batch", shape, param.dtype, param.device)
+            return self.derivatives.batch_grad(self.io, name, self.grad_output, out=out)
+
+        return self.memo(("batch_grad", name), compute)
 
     def sum_grad(self, name: str) -> Tensor:
         """The gradient of the reduced loss w.r.t. the parameter, ``[*p.shape]``."""
