@@ -11,7 +11,15 @@ Usage::
     # every parameter p now has p.grad_batch, shape [N, *p.shape]
 """
 
+from backpack_core.config import memory_limit, set_memory_limit
 from backpack_core.derivatives import register_derivatives, supported_modules
 from backpack_core.engine import backpack, extend
 
-__all__ = ["backpack", "extend", "register_derivatives", "supported_modules"]
+__all__ = [
+    "backpack",
+    "extend",
+    "memory_limit",
+    "register_derivatives",
+    "set_memory_limit",
+    "supported_modules",
+]

@@ -11,6 +11,7 @@ from typing import Hashable, List, Tuple
 import torch
 from torch import Tensor
 
+from backpack_core.config import format_bytes, memory_limit
 from backpack_core.derivatives.base import Derivatives, LossDerivatives, ModuleIO
 
 
@@ -28,6 +29,20 @@ class BackpropagatedQuantity:
         raise NotImplementedError
 
 
+def _check_columns(io: ModuleIO, columns: int, like: Tensor, what: str) -> None:
+    """Refuse to form ``[columns, N, *in]`` above the engine's memory limit."""
+    needed = columns * io.input.numel() * like.element_size()
+    limit = memory_limit()
+    if needed > limit:
+        raise MemoryError(
+            f"{what}: passing {columns} columns per sample through {io.module} needs a "
+            f"{format_bytes(needed)} tensor (limit {format_bytes(limit)}). Use a "
+            "Monte-Carlo variant (DiagGGNMC, KFAC: mc_samples columns), a smaller batch "
+            "(the results are sums over samples: accumulate them over micro-batches), or "
+            "raise the limit with backpack_core.set_memory_limit(...)."
+        )
+
+
 class SqrtGGNExact(BackpropagatedQuantity):
     """Exact symmetric factor ``[C, N, *shape]`` of the GGN w.r.t. a module's output."""
 
@@ -37,6 +52,7 @@ class SqrtGGNExact(BackpropagatedQuantity):
         return derivatives.sqrt_hessian(io) * sqrt(scale)
 
     def backpropagate(self, derivatives, io, value, grad_output):
+        _check_columns(io, value.shape[0], value, "the GGN factor")
         return derivatives.jac_t_mat_prod(io, value)
 
 
@@ -67,10 +83,14 @@ class HessianFactors(BackpropagatedQuantity):
         return [(derivatives.sqrt_hessian(io) * sqrt(scale), 1.0)]
 
     def backpropagate(self, derivatives, io, value, grad_output):
+        columns = sum(factor.shape[0] for factor, _ in value)
+        residual = derivatives.hessian_residual(io, grad_output)
+        if residual is not None:
+            columns += 2 * residual[0].numel()
+        _check_columns(io, columns, value[0][0], "the Hessian factors")
         factors: List[Tuple[Tensor, float]] = [
             (derivatives.jac_t_mat_prod(io, factor), sign) for factor, sign in value
         ]
-        residual = derivatives.hessian_residual(io, grad_output)
         if residual is not None:
             for sign, part in ((1.0, residual.clamp(min=0)), (-1.0, (-residual).clamp(min=0))):
                 if part.any():
@@ -97,12 +117,13 @@ class KFRAMatrix(BackpropagatedQuantity):
 
     Args:
         max_bytes: Refuse to form a dense matrix larger than this, with an error that says
-            which module would need how much, instead of exhausting the machine's memory.
+            which module would need how much, instead of exhausting the machine's memory;
+            ``None``: the engine's limit (:func:`backpack_core.set_memory_limit`).
     """
 
     key = "kfra"
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes=None):
         self.max_bytes = max_bytes
 
     def start(self, derivatives, io, scale):
@@ -117,12 +138,13 @@ class KFRAMatrix(BackpropagatedQuantity):
             return ("channel", derivatives.ea_channel_jac_t_mat_jac_prod(io, matrix))
         features = prod(io.input.shape[1:])
         needed = features * features * matrix.element_size()
-        if needed > self.max_bytes:
+        limit = memory_limit() if self.max_bytes is None else self.max_bytes
+        if needed > limit:
             raise MemoryError(
                 f"KFRA would form a dense {features} x {features} matrix "
-                f"({needed / 2**30:.1f} GiB) at the input of {io.module}; the limit is "
-                f"{self.max_bytes / 2**30:.1f} GiB. Raise it with KFRA(max_bytes=...) if "
-                "the memory is there, or use KFLR/KFAC for this network."
+                f"({format_bytes(needed)}) at the input of {io.module}; the limit is "
+                f"{format_bytes(limit)}. Raise it with KFRA(max_bytes=...) if the "
+                "memory is there, or use KFLR/KFAC for this network."
             )
         dense = derivatives.ea_jac_t_mat_jac_prod(io, matrix)
         if io.input.dim() > 2:

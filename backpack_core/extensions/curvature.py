@@ -163,13 +163,14 @@ class KFRA(_Kronecker):
     that KFRA runs on conv nets in the memory of an ordinary machine.
 
     Args:
-        max_bytes: Largest dense matrix KFRA may form (default 4 GiB); beyond it a clear
-            ``MemoryError`` names the layer instead of exhausting memory.
+        max_bytes: Largest dense matrix KFRA may form (default: the engine's limit, see
+            :func:`backpack_core.set_memory_limit`); beyond it a clear ``MemoryError`` names
+            the layer instead of exhausting memory.
     """
 
     savefield = "kfra"
 
-    def __init__(self, max_bytes: int = 4 * 2**30):
+    def __init__(self, max_bytes=None):
         self.max_bytes = max_bytes
 
     def quantities(self):

@@ -1,0 +1,46 @@
+"""Engine-wide settings."""
+
+import os
+from typing import Optional
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+_DEFAULT_LIMIT = (_physical_memory() or 32 * 2**30) // 2
+_memory_limit = _DEFAULT_LIMIT
+
+
+def set_memory_limit(num_bytes: Optional[int]) -> None:
+    """Bound the size of any single backpropagated quantity (per module).
+
+    Curvature extensions pass matrices backward whose size grows with the number of
+    columns per sample (the exact GGN of a 100-class problem: 100) and the features of
+    each layer. Before the engine forms one larger than the limit it raises a
+    ``MemoryError`` that names the layer, the size, and the ways out, instead of letting
+    the operating system kill the process.
+
+    Args:
+        num_bytes: The limit in bytes; ``None`` restores the default (half the physical
+            memory of this machine).
+    """
+    global _memory_limit
+    _memory_limit = _DEFAULT_LIMIT if num_bytes is None else int(num_bytes)
+
+
+def format_bytes(num_bytes: float) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.1f} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GiB"
+
+
+def memory_limit() -> int:
+    """The current limit in bytes (see :func:`set_memory_limit`)."""
+    return _memory_limit

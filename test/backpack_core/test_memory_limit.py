@@ -1,0 +1,53 @@
+"""Curvature quantities above the memory limit fail early with a message, not an OOM kill."""
+
+import pytest
+import torch
+from torch import nn
+
+from backpack_core import backpack, extend, memory_limit, set_memory_limit
+from backpack_core.config import format_bytes
+from backpack_core.extensions import KFRA, DiagGGNExact, DiagGGNMC, DiagHessian
+
+
+@pytest.fixture
+def small_limit():
+    set_memory_limit(2000)
+    yield
+    set_memory_limit(None)
+
+
+def _run(extension):
+    torch.manual_seed(0)
+    model = extend(nn.Sequential(nn.Linear(10, 50), nn.Sigmoid(), nn.Linear(50, 10)))
+    loss_function = extend(nn.CrossEntropyLoss())
+    with backpack(extension):
+        loss_function(model(torch.randn(8, 10)), torch.randint(0, 10, (8,))).backward()
+    return model
+
+
+@pytest.mark.parametrize("extension", [DiagGGNExact(), DiagHessian(), KFRA()], ids=repr)
+def test_too_large_quantity_raises_with_the_way_out(small_limit, extension):
+    with pytest.raises(MemoryError) as error:
+        _run(extension)
+    message = str(error.value)
+    assert "Linear(in_features=50, out_features=10" in message
+    assert "limit 2.0 KiB" in message or "limit is 2.0 KiB" in message
+
+
+def test_monte_carlo_variant_fits_where_exact_does_not(small_limit):
+    # 10 columns per sample do not fit in 2 KB, one sampled column does (8 x 50 floats).
+    model = _run(DiagGGNMC(mc_samples=1))
+    assert model[0].weight.diag_ggn_mc.shape == (50, 10)
+
+
+def test_default_limit_is_restored_and_positive():
+    set_memory_limit(123)
+    assert memory_limit() == 123
+    set_memory_limit(None)
+    assert memory_limit() > 2**30
+
+
+def test_format_bytes():
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
