@@ -1,0 +1,205 @@
+"""BackpackRunner end to end on mnist_logreg with capped epochs and synthetic data."""
+
+import glob
+import json
+import math
+import os
+import sys
+
+import pytest
+from torch.optim import SGD
+
+from backobs.runner import BackpackRunner, summarize_quantity
+
+SGD_HYPERPARAMETERS = {"lr": {"type": float}, "momentum": {"type": float, "default": 0.0}}
+DEEPOBS_KEYS = {
+    "testproblem",
+    "batch_size",
+    "num_epochs",
+    "random_seed",
+    "weight_decay",
+    "optimizer_name",
+    "optimizer_hyperparams",
+    "training_params",
+    "train_losses",
+    "valid_losses",
+    "test_losses",
+    "minibatch_train_losses",
+    "train_accuracies",
+    "valid_accuracies",
+    "test_accuracies",
+}
+
+
+@pytest.fixture(autouse=True)
+def synthetic_data(monkeypatch):
+    # The environment variable instead of --synthetic-data: the flag switches synthetic data
+    # on for the whole process, which would leak into other tests (the CLI tests use it).
+    monkeypatch.setenv("BACKOBS_SYNTHETIC_DATA", "1")
+
+
+def run_cli(monkeypatch, *arguments, runner=None):
+    """``runner.run()`` with ``arguments`` as its command line."""
+    monkeypatch.setattr(sys, "argv", ["runner", *map(str, arguments)])
+    runner = runner or BackpackRunner(SGD, SGD_HYPERPARAMETERS)
+    return runner.run()
+
+
+def results_files(output_dir):
+    return glob.glob(os.path.join(output_dir, "*", "*", "*", "random_seed__*.json"))
+
+
+def read_step_log(results_file):
+    with open(results_file.replace(".json", ".steps.jsonl"), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def test_run_writes_deepobs_results_and_step_log(monkeypatch, tmp_path, capsys):
+    output = run_cli(
+        monkeypatch,
+        "mnist_logreg",
+        "--lr", 0.1,
+        "--batch_size", 4,
+        "--num_epochs", 2,
+        "--steps_per_epoch", 3,
+        "--eval_batches", 2,
+        "--log_interval", 2,
+        "--extensions", "BatchGrad", "BatchL2Grad",
+        "--output_dir", tmp_path,
+    )  # fmt: skip
+    stdout = capsys.readouterr().out
+
+    assert set(output) == DEEPOBS_KEYS
+    assert len(output["train_losses"]) == len(output["test_accuracies"]) == 3
+    assert output["training_params"]["extensions"] == ["BatchGrad", "BatchL2Grad"]
+
+    (results_file,) = results_files(tmp_path)
+    settings = os.path.basename(os.path.dirname(results_file))
+    assert results_file.startswith(os.path.join(str(tmp_path), "mnist_logreg", "SGD", ""))
+    assert "steps_per_epoch__3" in settings and "eval_batches__2" in settings
+    assert "log_interval" not in settings and "extensions" not in settings
+    with open(results_file, encoding="utf-8") as file:
+        assert json.load(file)["train_losses"] == output["train_losses"]
+
+    # The log keeps every step, the terminal every second one.
+    steps = read_step_log(results_file)
+    assert [(s["epoch"], s["step"], s["global_step"]) for s in steps] == [
+        (0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 3), (1, 1, 4), (1, 2, 5),
+    ]  # fmt: skip
+    assert all(math.isfinite(s["loss"]) for s in steps)
+    batch_grad = steps[0]["extensions"]["BatchGrad"]
+    assert batch_grad["savefield"] == "grad_batch"
+    weight = batch_grad["parameters"]["dense.weight"]
+    assert weight["shape"] == [4, 10, 784]
+    assert set(weight["sample_norms"]) == {"mean", "std", "min", "max"}
+    bias_l2 = steps[0]["extensions"]["BatchL2Grad"]["parameters"]["dense.bias"]
+    assert bias_l2["shape"] == [4] and bias_l2["sample_values"]["min"] >= 0
+
+    assert stdout.count("[backobs] Extension: BatchGrad\n") == 3
+    assert "  Parameter 0: Shape (4, 10, 784)\n  Parameter 1: Shape (4, 10)\n" in stdout
+    assert "  Parameter 1: Shape (4,)\n" in stdout
+    assert "Evaluating after 2 of 2 epochs..." in stdout
+    assert "TRAIN: loss" in stdout and "VALID: loss" in stdout and "TEST: loss" in stdout
+    assert "first 2 mini-batches" in stdout
+
+
+def test_extensions_factory_reaches_optimizer_step(monkeypatch, tmp_path):
+    from backpack_core.extensions import SumGradSquared
+
+    seen = []
+
+    class RecordingSGD(SGD):
+        def step(self, closure=None):
+            seen.append(
+                [p.sum_grad_squared.shape == p.shape for p in self.param_groups[0]["params"]]
+            )
+            return super().step(closure)
+
+    runner = BackpackRunner(
+        RecordingSGD, SGD_HYPERPARAMETERS, extensions=lambda: [SumGradSquared()]
+    )
+    output = run_cli(
+        monkeypatch, "mnist_logreg", "--lr", 0.1, "--bs", 2, "-N", 1,
+        "--steps-per-epoch", 2, "--eval-batches", 1, "--no_logs", runner=runner,
+    )  # fmt: skip
+    assert seen == [[True, True], [True, True]]
+    assert "extensions" not in output["training_params"]
+    assert results_files(tmp_path) == []
+
+
+def test_non_finite_loss_aborts_as_deepobs(monkeypatch, tmp_path):
+    with pytest.warns(RuntimeWarning, match="Loss is Nan or Inf"):
+        output = run_cli(
+            monkeypatch, "mnist_logreg", "--lr", 1e38, "--batch_size", 4, "--num_epochs", 3,
+            "--steps_per_epoch", 5, "--eval_batches", 1, "--output_dir", tmp_path,
+        )  # fmt: skip
+    # DeepOBS fills the remaining epochs with the initial evaluation.
+    assert output["train_losses"] == [output["train_losses"][0]] * 4
+    (results_file,) = results_files(tmp_path)
+    steps = read_step_log(results_file)
+    assert 1 <= len(steps) < 5 and all(math.isfinite(s["loss"]) for s in steps)
+
+
+def test_l2_reg_is_weight_decay(monkeypatch, tmp_path):
+    output = run_cli(
+        monkeypatch, "cifar10_3c3d", "--lr", 0.1, "--l2_reg", 0.0, "--batch_size", 2,
+        "--num_epochs", 1, "--steps_per_epoch", 1, "--eval_batches", 1, "--log_interval", 0,
+        "--output_dir", tmp_path,
+    )  # fmt: skip
+    assert output["weight_decay"] == 0.0
+    (results_file,) = results_files(tmp_path)
+    assert "weight_decay__0.e+00" in results_file
+
+
+def test_cli_defaults_apply_unless_full_or_overridden(monkeypatch, tmp_path):
+    defaults = {"batch_size": 2, "num_epochs": 1, "steps_per_epoch": 1, "eval_batches": 1}
+    runner = BackpackRunner(SGD, SGD_HYPERPARAMETERS, cli_defaults=defaults)
+    output = run_cli(
+        monkeypatch, "mnist_logreg", "--lr", 0.1, "--bs", 3, "--no_logs", runner=runner
+    )
+    assert (output["batch_size"], output["num_epochs"]) == (3, 1)
+    assert output["training_params"]["steps_per_epoch"] == 1
+
+    monkeypatch.setattr(sys, "argv", ["runner", "mnist_logreg", "--lr", "0.1", "--full"])
+    args = runner.parse_args(*[None] * 13, {})
+    assert args["batch_size"] is None and args["num_epochs"] is None
+    assert args["steps_per_epoch"] is None and args["eval_batches"] is None
+
+
+def test_unknown_problem_is_a_value_error(monkeypatch):
+    with pytest.raises(ValueError, match="Unknown test problem 'mnist_nope'"):
+        run_cli(monkeypatch, "mnist_nope", "--lr", 0.1, "--bs", 2, "-N", 1)
+
+
+def test_summarize_quantity():
+    import torch
+
+    grad_batch = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    summary = summarize_quantity("grad_batch", grad_batch)
+    assert summary["shape"] == [2, 2] and summary["norm"] == pytest.approx(5.0)
+    assert summary["sample_norms"] == pytest.approx(
+        {"mean": 2.5, "std": 2.5, "min": 0.0, "max": 5.0}
+    )
+    factors = summarize_quantity("kfac", [torch.eye(3), 2 * torch.eye(2)])
+    assert factors["shape"] == [[3, 3], [2, 2]]
+    assert factors["norm"] == pytest.approx([3**0.5, 8**0.5])
+    assert "sample_norms" not in summarize_quantity("diag_ggn_mc", torch.ones(2, 2))
+
+
+@pytest.mark.parametrize(
+    "problem, fragments",
+    [
+        ("mnist_vae", ["mnist_vae is not supported"]),
+        ("cifar10_3c3d", ["cifar10_3c3d adds l2 regularization", "--l2_reg 0.0"]),
+        ("mnist_nope", ["Unknown test problem 'mnist_nope'"]),
+    ],
+)
+def test_main_ends_configuration_errors_with_one_line(monkeypatch, capsys, problem, fragments):
+    monkeypatch.setattr(sys, "argv", ["run.py", problem, "--lr", "0.1", "--bs", "2", "-N", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        BackpackRunner(SGD, SGD_HYPERPARAMETERS).main()
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("run.py: error: ")
+    for fragment in fragments:
+        assert fragment in line
