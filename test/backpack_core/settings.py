@@ -9,6 +9,7 @@ guarantee that both draw the same mask), so the settings check that an evaluated
 is handled as the identity.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Tuple
@@ -108,9 +109,15 @@ def mlp(activation: Callable[[], nn.Module], out: int = 3) -> Callable[[], nn.Mo
     return lambda: nn.Sequential(nn.Linear(6, 5), activation(), nn.Linear(5, out))
 
 
-def conv2d_net(conv: Callable[[], nn.Module], flat_features: int, *tail) -> Callable:
-    """Builder of ``conv, *tail, Flatten, Linear(flat_features, 3)``."""
-    return lambda: nn.Sequential(conv(), *tail, nn.Flatten(), nn.Linear(flat_features, 3))
+def conv2d_net(conv: Callable[[], nn.Module], flat_features: int, *tail: Callable) -> Callable:
+    """Builder of ``conv, *tail, Flatten, Linear(flat_features, 3)``.
+
+    ``conv`` and ``tail`` are module classes or factories: every build makes new modules (the
+    engine's hooks on one build must not leak into the next).
+    """
+    return lambda: nn.Sequential(
+        conv(), *(make() for make in tail), nn.Flatten(), nn.Linear(flat_features, 3)
+    )
 
 
 def frozen_weight_mlp() -> nn.Module:
@@ -196,7 +203,7 @@ SETTINGS = [
     ),
     Setting(
         "conv2d-stride-padding-sigmoid-ce-mean",
-        conv2d_net(lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), 27, nn.Sigmoid()),
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), 27, nn.Sigmoid),
         (3, 2, 5, 5),
     ),
     Setting(
@@ -213,7 +220,7 @@ SETTINGS = [
     ),
     Setting(
         "conv2d-groups-ce-mean",
-        conv2d_net(lambda: nn.Conv2d(4, 4, 3, groups=2), 16, nn.ReLU()),
+        conv2d_net(lambda: nn.Conv2d(4, 4, 3, groups=2), 16, nn.ReLU),
         (3, 4, 4, 4),
     ),
     Setting(
@@ -238,19 +245,19 @@ SETTINGS = [
     # pooling, padding, upsampling
     Setting(
         "maxpool2d-ce-mean",
-        conv2d_net(lambda: nn.Conv2d(2, 3, 3, padding=1), 12, nn.ReLU(), nn.MaxPool2d(2)),
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, padding=1), 12, nn.ReLU, lambda: nn.MaxPool2d(2)),
         (3, 2, 4, 4),
     ),
     Setting(
         "maxpool2d-stride1-ce-sum",
-        conv2d_net(lambda: nn.Conv2d(2, 2, 2), 8, nn.MaxPool2d(2, stride=1)),
+        conv2d_net(lambda: nn.Conv2d(2, 2, 2), 8, lambda: nn.MaxPool2d(2, stride=1)),
         (2, 2, 4, 4),
         "ce",
         "sum",
     ),
     Setting(
         "avgpool2d-tanh-ce-mean",
-        conv2d_net(lambda: nn.Conv2d(2, 3, 3, padding=1), 12, nn.AvgPool2d(2), nn.Tanh()),
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3, padding=1), 12, lambda: nn.AvgPool2d(2), nn.Tanh),
         (3, 2, 4, 4),
     ),
     Setting(
@@ -281,7 +288,7 @@ SETTINGS = [
     Setting("mlp-sigmoid-mse-mean-float32", mlp(nn.Sigmoid), (3, 6), "mse", "mean", F32),
     Setting(
         "conv2d-ce-sum-float32",
-        conv2d_net(lambda: nn.Conv2d(2, 3, 3), 27, nn.ReLU()),
+        conv2d_net(lambda: nn.Conv2d(2, 3, 3), 27, nn.ReLU),
         (2, 2, 5, 5),
         "ce",
         "sum",
@@ -293,7 +300,48 @@ SETTING_IDS = [setting.id for setting in SETTINGS]
 assert len(set(SETTING_IDS)) == len(SETTING_IDS), "setting ids must be unique"
 
 
-def kronecker_layers(model: nn.Module) -> list:
-    """The Linear and Conv layers of a model with a trainable weight (KFAC/KFLR/KFRA apply)."""
+def kronecker_layers(model: nn.Module) -> dict:
+    """The Linear and Conv layers of a model by name (KFAC, KFLR and KFRA apply to them)."""
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    return [m for m in model.modules() if isinstance(m, kinds) and m.weight.requires_grad]
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+@functools.lru_cache(maxsize=None)
+def reference_of(setting: Setting, quantity: str):
+    """A reference quantity of a setting, computed once per test session.
+
+    Args:
+        setting: The case, built with seed 0.
+        quantity: Name of a function in ``reference`` taking ``(model, lossfunc, X, y)``.
+
+    Returns:
+        What that function returns; shared between tests, so never modify it.
+    """
+    import reference
+
+    return getattr(reference, quantity)(*setting.build())
+
+
+def run_extended(setting: Setting, *extensions, seed: int = 0, debug: bool = False) -> dict:
+    """Build a setting, extend model and loss, and run one backward pass with extensions.
+
+    Args:
+        setting: The case.
+        *extensions: Extension instances passed to ``backpack``.
+        seed: Seed of ``setting.build``; sampling extensions draw from the global generator
+            as it is left after building.
+        debug: Passed to ``extend`` and ``backpack``.
+
+    Returns:
+        ``{name: parameter}`` of the extended model after the backward pass, all parameters
+        (also those with ``requires_grad=False``).
+    """
+    from backpack_core import backpack, extend
+
+    model, lossfunc, X, y = setting.build(seed)
+    model = extend(model, debug=debug)
+    lossfunc = extend(lossfunc, debug=debug)
+    loss = lossfunc(model(X), y)
+    with backpack(*extensions, debug=debug):
+        loss.backward()
+    return dict(model.named_parameters())

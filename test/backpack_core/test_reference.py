@@ -3,7 +3,7 @@
 import pytest
 import reference
 import torch
-from settings import SETTING_IDS, SETTINGS, Setting
+from settings import SETTING_IDS, SETTINGS, Setting, reference_of
 from torch import nn
 from torch.testing import assert_close
 
@@ -16,7 +16,7 @@ PIECEWISE_LINEAR = [s for s in SETTINGS if not any(word in s.id for word in CURV
 @pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
 def test_individual_gradients_sum_to_grad(setting):
     model, lossfunc, X, y = setting.build()
-    quantities = reference.first_order(model, lossfunc, X, y)
+    quantities = reference_of(setting, "first_order")
     lossfunc(model(X), y).backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert quantities["grad"].keys() == trainable.keys()
@@ -64,8 +64,8 @@ def _dense_ggn_blocks(setting: Setting):
 @pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
 def test_ggn_against_dense_whole_batch_ggn(setting):
     model, lossfunc, X, y = setting.build()
-    diagonal = reference.ggn_diagonal(model, lossfunc, X, y)
-    per_sample = reference.batch_ggn_diagonal(model, lossfunc, X, y)
+    diagonal = reference_of(setting, "ggn_diagonal")
+    per_sample = reference_of(setting, "batch_ggn_diagonal")
     for name, block in _dense_ggn_blocks(setting).items():
         assert_close(diagonal[name].flatten(), block.diagonal(), **setting.tolerances)
         assert_close(per_sample[name].sum(0), diagonal[name], **setting.tolerances)
@@ -76,8 +76,8 @@ def test_ggn_against_dense_whole_batch_ggn(setting):
 @pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
 def test_per_sample_hessian_diagonals_sum_to_hessian_diagonal(setting):
     model, lossfunc, X, y = setting.build()
-    full = reference.hessian_diagonal(model, lossfunc, X, y)
-    per_sample = reference.batch_hessian_diagonal(model, lossfunc, X, y)
+    full = reference_of(setting, "hessian_diagonal")
+    per_sample = reference_of(setting, "batch_hessian_diagonal")
     for name, diagonal in full.items():
         assert per_sample[name].shape == (X.shape[0], *diagonal.shape)
         assert_close(per_sample[name].sum(0), diagonal, **setting.tolerances)
@@ -86,8 +86,8 @@ def test_per_sample_hessian_diagonals_sum_to_hessian_diagonal(setting):
 @pytest.mark.parametrize("setting", PIECEWISE_LINEAR, ids=[s.id for s in PIECEWISE_LINEAR])
 def test_hessian_diagonal_equals_ggn_diagonal_for_piecewise_linear_nets(setting):
     model, lossfunc, X, y = setting.build()
-    hess = reference.hessian_diagonal(model, lossfunc, X, y)
-    ggn = reference.ggn_diagonal(model, lossfunc, X, y)
+    hess = reference_of(setting, "hessian_diagonal")
+    ggn = reference_of(setting, "ggn_diagonal")
     for name in hess:
         assert_close(hess[name], ggn[name], **setting.tolerances)
 
@@ -96,8 +96,8 @@ def test_hessian_diagonal_equals_ggn_diagonal_for_piecewise_linear_nets(setting)
 def test_hessian_diagonal_has_residual_terms_for_curved_nets(setting_id):
     setting = SETTINGS[SETTING_IDS.index(setting_id)]
     model, lossfunc, X, y = setting.build()
-    hess = reference.hessian_diagonal(model, lossfunc, X, y)
-    ggn = reference.ggn_diagonal(model, lossfunc, X, y)
+    hess = reference_of(setting, "hessian_diagonal")
+    ggn = reference_of(setting, "ggn_diagonal")
     # the first layer sees the activation's second derivative, the last does not
     assert (hess["0.weight"] - ggn["0.weight"]).abs().max() > 1e-4
     assert_close(hess["2.weight"], ggn["2.weight"])
@@ -107,7 +107,7 @@ def test_hessian_diagonal_has_residual_terms_for_curved_nets(setting_id):
 def test_hessian_diagonal_against_double_backward(setting_id):
     setting = SETTINGS[SETTING_IDS.index(setting_id)]
     model, lossfunc, X, y = setting.build()
-    expected = reference.hessian_diagonal(model, lossfunc, X, y)
+    expected = reference_of(setting, "hessian_diagonal")
     loss = lossfunc(model(X), y)
     for name, p in model.named_parameters():
         (g,) = torch.autograd.grad(loss, p, create_graph=True)
@@ -168,3 +168,10 @@ def test_kflr_input_factor_of_grouped_convolution_sums_over_groups():
     columns = reference._unfolded_input(conv, x)
     per_group = [nn.functional.unfold(x[:, 2 * g : 2 * g + 2], 3)[0].T for g in range(2)]
     assert_close(columns, torch.cat(per_group))
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
+def test_builds_share_no_modules(setting):
+    # hooks the engine installs on one build must not leak into the next
+    first, second = setting.build()[0], setting.build()[0]
+    assert not {id(m) for m in first.modules()} & {id(m) for m in second.modules()}

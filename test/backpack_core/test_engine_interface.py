@@ -1,0 +1,304 @@
+"""The engine's interface: arguments, debug output, extending, errors, memory."""
+
+import gc
+import weakref
+
+import pytest
+import reference
+import torch
+from settings import SETTING_IDS, SETTINGS
+from torch import nn
+from torch.testing import assert_close
+
+from backpack_core import backpack, extend
+from backpack_core.extensions import (
+    KFAC,
+    KFLR,
+    KFRA,
+    BatchDiagGGNExact,
+    BatchDiagHessian,
+    BatchGrad,
+    BatchL2Grad,
+    DiagGGNExact,
+    DiagGGNMC,
+    DiagHessian,
+    Variance,
+)
+
+SECOND_ORDER = [DiagGGNExact, DiagGGNMC, BatchDiagGGNExact, DiagHessian, KFAC, KFLR, KFRA]
+SECOND_ORDER_IDS = [extension.__name__ for extension in SECOND_ORDER]
+# errors that count as a clear refusal (an AssertionError or a crash deep inside would not)
+REFUSALS = (NotImplementedError, ValueError, RuntimeError, TypeError)
+
+
+def _setting(setting_id):
+    return SETTINGS[SETTING_IDS.index(setting_id)]
+
+
+def _linear_problem(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    X, y = torch.randn(5, 6), torch.randint(3, (5,))
+    return model, nn.CrossEntropyLoss(), X, y
+
+
+# --------------------------------------------------------------------------------------------
+# arguments of backpack(...)
+# --------------------------------------------------------------------------------------------
+def test_backpack_rejects_an_extension_class():
+    with pytest.raises(ValueError, match="BatchGrad"):
+        with backpack(BatchGrad):
+            pass
+
+
+def test_backpack_rejects_a_non_extension():
+    with pytest.raises(ValueError, match="3"):
+        with backpack(3):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# debug output, extending twice, no attributes outside backpack(...)
+# --------------------------------------------------------------------------------------------
+def _debug_lines(model, lossfunc, X, y, capsys, extend_times=1):
+    for _ in range(extend_times):
+        model = extend(model, debug=True)
+        lossfunc = extend(lossfunc, debug=True)
+    loss = lossfunc(model(X), y)
+    capsys.readouterr()
+    with backpack(BatchGrad(), debug=True):
+        loss.backward()
+    return [line for line in capsys.readouterr().out.splitlines() if "Running extension" in line]
+
+
+def test_debug_prints_each_extension_run(capsys):
+    lines = _debug_lines(*_linear_problem(), capsys)
+    expected = [
+        "[DEBUG] Running extension BatchGrad on Linear(in_features=4, out_features=3, bias=True)",
+        "[DEBUG] Running extension BatchGrad on Linear(in_features=6, out_features=4, bias=True)",
+    ]
+    for line in expected:
+        assert line in lines, f"{line!r} not in {lines}"
+
+
+def test_extending_twice_gives_same_numbers_without_double_work(capsys):
+    once = _debug_lines(*_linear_problem(), capsys, extend_times=1)
+    model, lossfunc, X, y = _linear_problem()
+    twice = _debug_lines(model, lossfunc, X, y, capsys, extend_times=2)
+    assert twice == once
+    expected = reference.first_order(*_linear_problem())["grad_batch"]
+    for name, p in model.named_parameters():
+        assert_close(p.grad_batch, expected[name])
+        assert_close(p.grad, expected[name].sum(0))  # the gradient is not accumulated twice
+
+
+def test_extend_returns_the_module():
+    model, lossfunc, _, _ = _linear_problem()
+    assert extend(model) is model
+    assert extend(lossfunc) is lossfunc
+
+
+def test_no_attributes_outside_backpack():
+    model, lossfunc, X, y = _linear_problem()
+    model, lossfunc = extend(model), extend(lossfunc)
+    lossfunc(model(X), y).backward()
+    for p in model.parameters():
+        assert p.grad is not None
+        for savefield in ("grad_batch", "batch_l2", "variance", "diag_ggn_exact", "kflr"):
+            assert not hasattr(p, savefield), savefield
+
+
+def test_float32_and_float64_both_work():
+    for dtype in (torch.float32, torch.float64):
+        model, lossfunc, X, y = _linear_problem()
+        model, X = model.to(dtype), X.to(dtype)
+        expected = reference.first_order(model, lossfunc, X, y)["grad_batch"]
+        expected_ggn = reference.ggn_diagonal(model, lossfunc, X, y)
+        model, lossfunc = extend(model), extend(lossfunc)
+        with backpack(BatchGrad(), DiagGGNExact()):
+            lossfunc(model(X), y).backward()
+        for name, p in model.named_parameters():
+            assert p.grad_batch.dtype == dtype and p.diag_ggn_exact.dtype == dtype
+            assert_close(p.grad_batch, expected[name])
+            assert_close(p.diag_ggn_exact, expected_ggn[name])
+
+
+# --------------------------------------------------------------------------------------------
+# unsupported modules are errors that name the module and the extension
+# --------------------------------------------------------------------------------------------
+class Scale(nn.Module):
+    """Elementwise scaling by a learned vector: a parameterised module unknown to the engine."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(features) + 0.1 * torch.randn(features))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+class Square(nn.Module):
+    """Elementwise square: a parameter-free module unknown to the engine."""
+
+    def forward(self, x):
+        return x**2
+
+
+class Residual(nn.Module):
+    """``x + f(x)``: a module that is no chain of its children."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(features, features), nn.Tanh())
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+def _run(model, X, y, *extensions):
+    model, lossfunc = extend(model), extend(nn.CrossEntropyLoss())
+    loss = lossfunc(model(X), y)
+    with backpack(*extensions):
+        loss.backward()
+    return model
+
+
+@pytest.mark.parametrize("extension", [BatchGrad, DiagGGNExact, KFLR], ids=lambda e: e.__name__)
+def test_unknown_parameterised_module_is_an_error_naming_it(extension):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), Scale(4), nn.Linear(4, 3))
+    with pytest.raises(REFUSALS) as info:
+        _run(model, torch.randn(3, 6), torch.randint(3, (3,)), extension())
+    assert "Scale" in str(info.value) and extension.__name__ in str(info.value)
+
+
+def test_embedding_is_an_error_naming_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 3), nn.Flatten(), nn.Linear(6, 3))
+    with pytest.raises(REFUSALS) as info:
+        _run(model, torch.randint(10, (4, 2)), torch.randint(3, (4,)), BatchGrad())
+    assert "Embedding" in str(info.value) and "BatchGrad" in str(info.value)
+
+
+@pytest.mark.parametrize("extension", SECOND_ORDER, ids=SECOND_ORDER_IDS)
+def test_unknown_parameter_free_module_is_an_error_for_second_order(extension):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), Square(), nn.Linear(4, 3))
+    with pytest.raises(REFUSALS) as info:
+        _run(model, torch.randn(3, 6), torch.randint(3, (3,)), extension())
+    assert "Square" in str(info.value) and extension.__name__ in str(info.value)
+
+
+def test_unknown_parameter_free_module_is_fine_for_first_order():
+    # first-order quantities need only each parameterised module's input and output gradient
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), Square(), nn.Linear(4, 3))
+    X, y = torch.randn(3, 6), torch.randint(3, (3,))
+    expected = reference.first_order(model, nn.CrossEntropyLoss(), X, y)
+    model = _run(model, X, y, BatchGrad(), BatchL2Grad())
+    for name, p in model.named_parameters():
+        assert_close(p.grad_batch, expected["grad_batch"][name])
+        assert_close(p.batch_l2, expected["batch_l2"][name])
+
+
+def test_batchnorm_in_train_mode_is_an_error_for_per_sample_quantities():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    with pytest.raises(REFUSALS) as info:
+        _run(model, torch.randn(3, 6), torch.randint(3, (3,)), BatchGrad())
+    assert "BatchNorm1d" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "extension", SECOND_ORDER + [BatchDiagHessian], ids=SECOND_ORDER_IDS + ["BatchDiagHessian"]
+)
+def test_residual_connection_is_an_error_for_second_order(extension):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), Residual(4), nn.Linear(4, 3))
+    with pytest.raises(REFUSALS):
+        _run(model, torch.randn(3, 6), torch.randint(3, (3,)), extension())
+
+
+def test_residual_connection_is_fine_for_first_order():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), Residual(4), nn.Linear(4, 3))
+    X, y = torch.randn(3, 6), torch.randint(3, (3,))
+    expected = reference.first_order(model, nn.CrossEntropyLoss(), X, y)
+    model = _run(model, X, y, BatchGrad(), Variance())
+    for name, p in model.named_parameters():
+        assert_close(p.grad_batch, expected["grad_batch"][name])
+        assert_close(p.variance, expected["variance"][name])
+
+
+# --------------------------------------------------------------------------------------------
+# memory: nothing of old steps is kept
+# --------------------------------------------------------------------------------------------
+def _count_tensors():
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+
+def test_training_without_extensions_keeps_nothing_of_old_steps():
+    torch.manual_seed(0)
+    model = extend(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)))
+    lossfunc = extend(nn.CrossEntropyLoss())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        X, y = torch.randn(4, 8), torch.randint(3, (4,))
+        optimizer.zero_grad()
+        lossfunc(model(X), y).backward()
+        optimizer.step()
+        with torch.no_grad():
+            lossfunc(model(X), y)
+        return weakref.ref(X)
+
+    previous = step()
+    count_before = None
+    for iteration in range(1000):
+        current = step()
+        assert previous() is None, f"input of step {iteration} still alive after the next"
+        previous = current
+        if iteration == 10:
+            count_before = _count_tensors()
+    assert _count_tensors() <= count_before
+
+
+def test_stored_inputs_are_freed_after_a_backward_with_extensions():
+    model, lossfunc, X, y = _linear_problem()
+    model, lossfunc = extend(model), extend(lossfunc)
+    X = X.clone()
+    alive = weakref.ref(X)
+    with backpack(BatchGrad(), DiagGGNExact()):
+        lossfunc(model(X), y).backward()
+    del X
+    gc.collect()
+    assert alive() is None
+
+
+def test_evaluation_under_no_grad_stores_no_inputs():
+    model, lossfunc, X, y = _linear_problem()
+    model, lossfunc = extend(model), extend(lossfunc)
+    X = X.clone()
+    alive = weakref.ref(X)
+    with torch.no_grad():
+        lossfunc(model(X), y)
+    del X
+    gc.collect()
+    assert alive() is None
+
+
+def test_second_step_uses_the_second_batch():
+    setting = _setting("mlp-sigmoid-ce-mean")
+    model, lossfunc, X, y = setting.build()
+    X2, y2 = torch.randn_like(X[:2]), y[:2].flip(0)
+    expected = reference.ggn_diagonal(model, lossfunc, X2, y2)
+    expected_grad_batch = reference.first_order(model, lossfunc, X2, y2)["grad_batch"]
+    model, lossfunc = extend(model), extend(lossfunc)
+    for inputs, targets in ((X, y), (X2, y2)):
+        model.zero_grad()
+        with backpack(DiagGGNExact(), BatchGrad()):
+            lossfunc(model(inputs), targets).backward()
+    for name, p in model.named_parameters():
+        assert_close(p.diag_ggn_exact, expected[name], **setting.tolerances)
+        assert_close(p.grad_batch, expected_grad_batch[name], **setting.tolerances)
