@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PHASES = ("train", "valid", "test")
 
@@ -39,14 +40,15 @@ def read_step_log(path):
         return [json.loads(line) for line in file if line.strip()]
 
 
-def _plot_epochs(axes, results, metric):
+def _plot_epochs(axes, results, metric, label):
     for phase in PHASES:
         values = results.get(f"{phase}_{metric}")
         if values:
             axes.plot(range(len(values)), values, marker="o", label=phase)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(metric[:-1] if metric.endswith("es") else metric)
-    axes.set_title(f"{metric.replace('_', ' ')} per epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epochs trained")
+    axes.set_ylabel(label)
+    axes.set_title(f"{label} per epoch")
     axes.legend()
 
 
@@ -125,9 +127,9 @@ def plot_run(results, steps, title=None):
     Returns:
         matplotlib.figure.Figure: The figure.
     """
-    panels = [lambda ax: _plot_epochs(ax, results, "losses")]
+    panels = [lambda ax: _plot_epochs(ax, results, "losses", "loss")]
     if results.get("test_accuracies"):
-        panels.append(lambda ax: _plot_epochs(ax, results, "accuracies"))
+        panels.append(lambda ax: _plot_epochs(ax, results, "accuracies", "accuracy"))
     if steps:
         panels.append(lambda ax: _plot_step_loss(ax, steps))
         extensions = list(dict.fromkeys(e for s in steps for e in s["extensions"]))
@@ -140,14 +142,15 @@ def plot_run(results, steps, title=None):
                     )
     columns = 2
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False, layout="constrained"
+    )
     for panel, ax in zip(panels, axes.flat):
         panel(ax)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
     return figure
 
 

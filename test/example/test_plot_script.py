@@ -68,8 +68,8 @@ def test_plot_writes_png_with_a_panel_per_quantity(tmp_path, monkeypatch, capsys
     figure = plot.plot_run(results, plot.read_step_log(plot.step_log_path(results_path)))
     titles = [ax.get_title() for ax in figure.axes if ax.get_visible()]
     assert titles == [
-        "losses per epoch",
-        "accuracies per epoch",
+        "loss per epoch",
+        "accuracy per epoch",
         "mini-batch loss per step",
         "BatchGrad: norm per parameter",
         "BatchGrad: per-sample norms (mean, min to max)",
