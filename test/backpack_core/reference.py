@@ -351,3 +351,52 @@ def kflr_factors(
     columns = [_unfolded_input(module, _module_io(model, module, x.unsqueeze(0))[0]) for x in X]
     A = sum(u.T @ u for u in columns) / X.shape[0]
     return [B, A]
+
+
+# --------------------------------------------------------------------------------------------
+# any loss module: no per-sample decomposition of the loss needed
+# --------------------------------------------------------------------------------------------
+def individual_gradients_any_loss(
+    model: nn.Module, lossfunc: nn.Module, X: Tensor, y: Tensor
+) -> ParamDict:
+    """Individual gradients for any loss module, via one parameter copy per sample.
+
+    Sample ``i``'s output is computed with its own copy of the parameters; the gradient of the
+    reduced loss w.r.t. copy ``i`` is ``g_i``. This needs no knowledge of the loss's scaling.
+
+    Returns:
+        ``{name: [N, *p.shape]}``.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    copies = {n: p.expand(X.shape[0], *p.shape) for n, p in params.items()}
+
+    def loss_of(copies):
+        def output_of(sample_params, x):
+            return functional_call(model, sample_params, (x.unsqueeze(0),)).squeeze(0)
+
+        return lossfunc(vmap(output_of)(copies, X), y)
+
+    return grad(loss_of)(copies)
+
+
+def ggn_diagonal_any_loss(model: nn.Module, lossfunc: nn.Module, X: Tensor, y: Tensor) -> ParamDict:
+    """GGN diagonal ``diag(J^T H J)`` from the whole batch, for any loss module.
+
+    ``J`` is the Jacobian of the batch's output w.r.t. a parameter, ``H`` the Hessian of the
+    reduced loss w.r.t. the batch's output.
+
+    Returns:
+        ``{name: tensor shaped like the parameter}``.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    output = functional_call(model, params, (X,)).detach()
+    hess = hessian(lambda out: lossfunc(out, y))(output).reshape(output.numel(), -1)
+    result = {}
+    for name, p in params.items():
+
+        def output_of(value, name=name):
+            return functional_call(model, {**params, name: value}, (X,))
+
+        jac = jacrev(output_of)(p).reshape(output.numel(), -1)
+        result[name] = torch.einsum("op,oq,qp->p", jac, hess, jac).view_as(p)
+    return result

@@ -28,9 +28,12 @@ from backpack_core.extensions import (
     BatchDiagGGNExact,
     BatchDiagGGNMC,
     BatchDiagHessian,
+    BatchDotGrad,
+    BatchGrad,
     DiagGGNExact,
     DiagGGNMC,
     DiagHessian,
+    Variance,
 )
 
 # (extension class, attribute, function of the reference module)
@@ -60,7 +63,14 @@ REFUSED = {
     ("conv2d-groups-nobias-rect-ce-sum", "KFLR"): "Conv2d",
     ("linear-extradims-mse-mean", "KFRA"): "Linear",
 }
-MC_IDS = ["linear-ce-mean", "mlp-sigmoid-mse-sum", "conv2d-ce-mean"]
+MC_IDS = [
+    "linear-ce-mean",
+    "linear-extradims-mse-mean",
+    "mlp-sigmoid-mse-sum",
+    "conv2d-ce-mean",
+    "tf-same-padding-hook-ce-mean",
+    "upsampling-bilinear-ce-mean",
+]
 
 
 def _setting(setting_id: str) -> Setting:
@@ -245,3 +255,45 @@ def test_kfra_input_factors_and_last_output_factor_are_exact(setting_id, last_la
     B_last = expected[last_layer][0]
     assert_close(params[f"{last_layer}.weight"].kfra[0], B_last, **setting.tolerances)
     assert_close(params[f"{last_layer}.bias"].kfra[0], B_last, **setting.tolerances)
+
+
+@pytest.mark.parametrize(
+    "setting_id",
+    [
+        "mlp-sigmoid-ce-mean",
+        "conv2d-stride-padding-sigmoid-ce-mean",
+        "maxpool2d-ce-mean",
+        "linear-extradims-flatten-ce-mean",
+    ],
+)
+def test_all_exact_extensions_in_one_backward_pass(setting_id):
+    # extensions that share backpropagated quantities must not disturb each other
+    setting = _setting(setting_id)
+    extensions = [BatchGrad(), Variance(), BatchDotGrad(), KFLR()]
+    extensions += [extension() for extension, _, _ in DIAGONALS]
+    params = run_extended(setting, *extensions)
+    first_order = reference_of(setting, "first_order")
+    kflr = _kflr_references(setting)
+    for name, p in params.items():
+        for savefield in ("grad_batch", "variance", "batch_dot"):
+            assert_close(getattr(p, savefield), first_order[savefield][name], **setting.tolerances)
+        for _, savefield, quantity in DIAGONALS:
+            expected = reference_of(setting, quantity)[name]
+            assert_close(getattr(p, savefield), expected, **setting.tolerances)
+    _assert_kronecker_factors(params, kflr, "kflr", setting.tolerances)
+
+
+def test_quantities_are_overwritten_not_accumulated():
+    # p.grad accumulates over two backward passes; the extensions' values are the last pass's
+    setting = _setting("mlp-tanh-mse-mean")
+    model, lossfunc, X, y = setting.build()
+    model, lossfunc = extend(model), extend(lossfunc)
+    for _ in range(2):
+        with backpack(BatchGrad(), DiagGGNExact()):
+            lossfunc(model(X), y).backward()
+    for name, p in model.named_parameters():
+        expected_grad_batch = reference_of(setting, "first_order")["grad_batch"][name]
+        assert_close(p.grad, 2 * expected_grad_batch.sum(0), **setting.tolerances)
+        assert_close(p.grad_batch, expected_grad_batch, **setting.tolerances)
+        expected_ggn = reference_of(setting, "ggn_diagonal")[name]
+        assert_close(p.diag_ggn_exact, expected_ggn, **setting.tolerances)

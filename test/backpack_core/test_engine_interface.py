@@ -123,6 +123,38 @@ def test_float32_and_float64_both_work():
             assert_close(p.diag_ggn_exact, expected_ggn[name])
 
 
+def test_backpack_without_extensions_is_a_plain_backward():
+    model, lossfunc, X, y = _linear_problem()
+    expected = reference.first_order(model, lossfunc, X, y)["grad"]
+    model, lossfunc = extend(model), extend(lossfunc)
+    with backpack():
+        lossfunc(model(X), y).backward()
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name])
+        assert not hasattr(p, "grad_batch")
+
+
+def test_only_the_backward_pass_inside_backpack_counts():
+    model, lossfunc, X, y = _linear_problem()
+    model, lossfunc = extend(model), extend(lossfunc)
+    with backpack(BatchGrad()):
+        loss = lossfunc(model(X), y)
+    loss.backward()
+    for p in model.parameters():
+        assert not hasattr(p, "grad_batch")
+
+
+def test_an_error_inside_backpack_deactivates_the_extensions():
+    model, lossfunc, X, y = _linear_problem()
+    model, lossfunc = extend(model), extend(lossfunc)
+    with pytest.raises(KeyError):
+        with backpack(BatchGrad()):
+            raise KeyError("user error")
+    lossfunc(model(X), y).backward()
+    for p in model.parameters():
+        assert not hasattr(p, "grad_batch")
+
+
 # --------------------------------------------------------------------------------------------
 # unsupported modules are errors that name the module and the extension
 # --------------------------------------------------------------------------------------------
@@ -274,6 +306,21 @@ def test_stored_inputs_are_freed_after_a_backward_with_extensions():
     del X
     gc.collect()
     assert alive() is None
+
+
+def test_training_with_extensions_keeps_nothing_of_old_steps():
+    model, lossfunc, _, _ = _linear_problem()
+    model, lossfunc = extend(model), extend(lossfunc)
+    inputs = []
+    for _ in range(20):
+        X, y = torch.randn(5, 6), torch.randint(3, (5,))
+        model.zero_grad()
+        with backpack(BatchGrad(), DiagGGNExact(), KFLR()):
+            lossfunc(model(X), y).backward()
+        inputs.append(weakref.ref(X))
+    del X
+    gc.collect()
+    assert all(alive() is None for alive in inputs)
 
 
 def test_evaluation_under_no_grad_stores_no_inputs():

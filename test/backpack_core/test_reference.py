@@ -175,3 +175,13 @@ def test_builds_share_no_modules(setting):
     # hooks the engine installs on one build must not leak into the next
     first, second = setting.build()[0], setting.build()[0]
     assert not {id(m) for m in first.modules()} & {id(m) for m in second.modules()}
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=SETTING_IDS)
+def test_any_loss_references_agree_with_per_sample_ones(setting):
+    model, lossfunc, X, y = setting.build()
+    g = reference.individual_gradients_any_loss(model, lossfunc, X, y)
+    ggn = reference.ggn_diagonal_any_loss(model, lossfunc, X, y)
+    for name, expected in reference_of(setting, "first_order")["grad_batch"].items():
+        assert_close(g[name], expected, **setting.tolerances)
+        assert_close(ggn[name], reference_of(setting, "ggn_diagonal")[name], **setting.tolerances)

@@ -1,0 +1,266 @@
+"""Cases outside a plain chain of modules: the engine is right or it refuses, never wrong.
+
+Each case is a network or loss that a layer-by-layer engine can easily get silently wrong
+(an operation between modules that is no module, a module called twice, a loss that is not
+extended, unusual losses). The test accepts a clear exception; if the engine returns
+numbers, they must match the reference.
+"""
+
+import copy
+
+import pytest
+import reference
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from backpack_core import backpack, extend
+from backpack_core.extensions import (
+    BatchDiagGGNExact,
+    BatchGrad,
+    DiagGGNExact,
+    DiagHessian,
+    Variance,
+)
+
+REFUSALS = (NotImplementedError, ValueError, RuntimeError, TypeError)
+TOLERANCES = {"rtol": 1e-7, "atol": 1e-10}
+
+
+def _assert_names_extension(error: Exception, extension, module_class: str = "") -> None:
+    """A refusal names the extension that cannot run, or the module that it cannot handle."""
+    message = str(error)
+    named = type(extension).__name__ in message or (module_class and module_class in message)
+    assert named, f"refusal names neither {type(extension).__name__} nor {module_class}: {error}"
+
+
+class FunctionalTanh(nn.Module):
+    """Two Linear layers with ``torch.tanh`` (no module) between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class CalledTwice(nn.Module):
+    """One Linear layer applied twice (shared weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.out = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(self.fc(self.act(self.fc(x))))
+
+
+class ScaledOutput(nn.Module):
+    """A chain whose output is scaled by an operation that is no module."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 3))
+
+    def forward(self, x):
+        return 2.0 * self.net(x)
+
+
+def _problem(make_model, lossfunc, N=4, classes=3):
+    torch.manual_seed(0)
+    model = make_model().double()
+    X = torch.randn(N, 6, dtype=torch.float64)
+    y = torch.randint(classes, (N,))
+    return model, lossfunc, X, y
+
+
+CASES = {
+    "functional-tanh-between-modules": lambda: _problem(FunctionalTanh, nn.CrossEntropyLoss()),
+    "module-called-twice": lambda: _problem(CalledTwice, nn.CrossEntropyLoss()),
+    "output-scaled-outside-modules": lambda: _problem(ScaledOutput, nn.CrossEntropyLoss()),
+    "crossentropy-class-weights": lambda: _problem(
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)),
+        nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)),
+    ),
+}
+
+# cases where the loss module's configuration is what cannot be handled
+_LOSS_CLASS = {"crossentropy-class-weights": "CrossEntropyLoss"}
+# cases no extension can handle: a refusal must name this module class
+REFUSED_FOR_EVERY_EXTENSION = {"module-called-twice": "Linear"}
+
+
+def _expected(case: str) -> dict:
+    return _expected_for(*CASES[case]())
+
+
+def _expected_for(model, lossfunc, X, y) -> dict:
+    return {
+        "grad_batch": reference.individual_gradients_any_loss(model, lossfunc, X, y),
+        "diag_ggn_exact": reference.ggn_diagonal_any_loss(model, lossfunc, X, y),
+    }
+
+
+def _run(model, lossfunc, X, y, extension, extend_loss=True):
+    model = extend(model)
+    if extend_loss:
+        lossfunc = extend(lossfunc)
+    loss = lossfunc(model(X), y)
+    with backpack(extension):
+        loss.backward()
+    return dict(model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "extension, savefield", [(BatchGrad, "grad_batch"), (DiagGGNExact, "diag_ggn_exact")]
+)
+@pytest.mark.parametrize("case", list(CASES))
+def test_correct_or_refused(case, extension, savefield):
+    expected = _expected(case)[savefield]
+    try:
+        params = _run(*CASES[case](), extension())
+    except REFUSALS as error:
+        if case in REFUSED_FOR_EVERY_EXTENSION:  # then naming the module is enough
+            assert REFUSED_FOR_EVERY_EXTENSION[case] in str(error)
+            return
+        return _assert_names_extension(error, extension(), _LOSS_CLASS.get(case, ""))
+    for name, p in params.items():
+        assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
+        assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
+
+
+@pytest.mark.parametrize(
+    "extension, savefield", [(DiagGGNExact, "diag_ggn_exact"), (DiagHessian, "diag_h")]
+)
+def test_loss_not_extended_is_refused_or_correct(extension, savefield):
+    problem = CASES["crossentropy-class-weights"]()
+    model, _, X, y = problem
+    lossfunc = nn.CrossEntropyLoss()
+    expected = getattr(
+        reference, "ggn_diagonal" if savefield == "diag_ggn_exact" else "hessian_diagonal"
+    )(model, lossfunc, X, y)
+    try:
+        params = _run(model, lossfunc, X, y, extension(), extend_loss=False)
+    except REFUSALS as error:
+        return _assert_names_extension(error, extension())
+    for name, p in params.items():
+        assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
+        assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
+
+
+def test_crossentropy_over_positions_is_refused_or_correct():
+    # output [N, C, L]: mean reduction averages over N * L
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv1d(3, 3, 1)).double()
+    X, y = torch.randn(3, 2, 4, dtype=torch.float64), torch.randint(3, (3, 4))
+    lossfunc = nn.CrossEntropyLoss()
+    expected = {
+        "grad_batch": reference.individual_gradients(model, lossfunc, X, y),
+        "diag_ggn_exact": reference.ggn_diagonal(model, lossfunc, X, y),
+    }
+    for extension, savefield in ((BatchGrad, "grad_batch"), (DiagGGNExact, "diag_ggn_exact")):
+        try:
+            params = _run(copy.deepcopy(model), lossfunc, X, y, extension())
+        except REFUSALS as error:
+            _assert_names_extension(error, extension(), "CrossEntropyLoss")
+            continue
+        for name, p in params.items():
+            assert_close(getattr(p, savefield), expected[savefield][name], **TOLERANCES)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout in train mode: the reference replays the engine run's mask
+# --------------------------------------------------------------------------------------------
+class FixedMask(nn.Module):
+    """Multiplication by a fixed tensor: a Dropout whose mask is known."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x):
+        return x * self.mask
+
+
+@pytest.mark.parametrize(
+    "extension, savefield, quantity",
+    [
+        (BatchGrad, "grad_batch", "individual_gradients"),
+        (Variance, "variance", None),
+        (BatchDiagGGNExact, "diag_ggn_exact_batch", "batch_ggn_diagonal"),
+        (DiagHessian, "diag_h", "batch_hessian_diagonal"),
+    ],
+    ids=["BatchGrad", "Variance", "BatchDiagGGNExact", "DiagHessian"],
+)
+def test_dropout_in_train_mode_uses_the_forward_mask(extension, savefield, quantity):
+    p_drop = 0.4
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Dropout(p_drop), nn.Tanh(), nn.Linear(5, 3))
+    model = model.double().train()
+    unextended = copy.deepcopy(model)
+    X, y = torch.randn(4, 6, dtype=torch.float64), torch.randint(3, (4,))
+    seen = {}
+
+    def keep_mask(module, inputs, output):
+        # the factor the forward really applied (torch's 1/(1-p) is not exactly rounded)
+        ratio = output.detach() / inputs[0].detach()
+        seen["mask"] = torch.where(output != 0, ratio, torch.zeros_like(ratio))
+
+    model[1].register_forward_hook(keep_mask)
+    params = _run(model, nn.CrossEntropyLoss(), X, y, extension())
+    mask = seen["mask"]
+    assert 0 < (mask == 0).sum() < mask.numel(), "dropout dropped nothing or everything"
+
+    # per sample: the same network with the sample's mask, its loss summand scaled by 1/N
+    per_sample = []
+    for i in range(X.shape[0]):
+        net = copy.deepcopy(unextended)
+        net[1] = FixedMask(mask[i : i + 1])
+        args = (net, nn.CrossEntropyLoss(reduction="sum"), X[i : i + 1], y[i : i + 1])
+        function = getattr(reference, quantity or "individual_gradients")
+        per_sample.append({n: v[0] / X.shape[0] for n, v in function(*args).items()})
+    for name, p in params.items():
+        stacked = torch.stack([values[name] for values in per_sample])
+        if savefield == "variance":
+            expected = (stacked**2).mean(0) - stacked.mean(0) ** 2
+        elif savefield == "diag_h":
+            expected = stacked.sum(0)
+        else:
+            expected = stacked
+        assert_close(getattr(p, savefield), expected, **TOLERANCES)
+
+
+def test_backward_twice_on_a_retained_graph_is_refused_or_correct():
+    model, lossfunc, X, y = CASES["functional-tanh-between-modules"]()
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    expected = reference.first_order(model, lossfunc, X, y)["grad_batch"]
+    model, lossfunc = extend(model), extend(lossfunc)
+    loss = lossfunc(model(X), y)
+    with backpack(BatchGrad()):
+        loss.backward(retain_graph=True)
+        try:
+            loss.backward()
+        except REFUSALS as error:
+            return _assert_names_extension(error, BatchGrad())
+    for name, p in model.named_parameters():
+        assert_close(p.grad_batch, expected[name], **TOLERANCES)
+
+
+@pytest.mark.parametrize(
+    "extension, savefield", [(BatchGrad, "grad_batch"), (DiagGGNExact, "diag_ggn_exact")]
+)
+def test_unreduced_loss_summed_by_hand_is_refused_or_correct(extension, savefield):
+    # reduction="none" and .sum() outside the loss module: the same numbers as reduction="sum"
+    model, _, X, y = CASES["crossentropy-class-weights"]()
+    expected = _expected_for(model, nn.CrossEntropyLoss(reduction="sum"), X, y)[savefield]
+    model, lossfunc = extend(model), extend(nn.CrossEntropyLoss(reduction="none"))
+    loss = lossfunc(model(X), y).sum()
+    try:
+        with backpack(extension()):
+            loss.backward()
+    except REFUSALS as error:
+        return _assert_names_extension(error, extension(), "CrossEntropyLoss")
+    for name, p in model.named_parameters():
+        assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
+        assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
