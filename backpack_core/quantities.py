@@ -109,11 +109,12 @@ class KFRAMatrix(BackpropagatedQuantity):
     """The batch-averaged GGN w.r.t. a module's output (KFRA), as ``(form, matrix)``.
 
     On flat features ``[N, D]`` the form is ``"dense"``: the exact ``[D, D]`` recursion of
-    Botev et al. (2017). On feature maps ``[N, C, *spatial]`` the form is ``"channel"``: one
-    ``[C, C]`` matrix shared by all positions, without coupling between positions (the
-    spatial-homogeneity assumption of Kronecker-factored convolutions). Dense matrices of a
-    feature map would need ``(C * H * W)^2`` entries (17 GB for CIFAR's first layer).
-    For a network with a single Linear or Conv layer, KFRA equals KFLR in both forms.
+    Botev et al. (2017). On feature maps ``[N, C, *spatial]`` with ``T`` positions the form
+    is ``"channel"``: the ``[C, C]`` curvature of the spatially summed features divided by
+    ``T`` (see ``Derivatives.ea_channel_jac_t_mat_jac_prod``), the reduction over positions
+    that BackPACK's KFAC/KFLR use for a convolution's output factor. A dense matrix over a
+    feature map would need ``(C * H * W)^2`` entries (17 GB at CIFAR's first layer). For a
+    network with a single Linear or Conv layer, KFRA equals KFLR.
 
     Args:
         max_bytes: Refuse to form a dense matrix larger than this, with an error that says
@@ -153,7 +154,7 @@ class KFRAMatrix(BackpropagatedQuantity):
 
 
 def _channel_form(matrix: Tensor, shape: torch.Size) -> Tensor:
-    """Average the per-position channel blocks of a dense ``[C*T, C*T]`` matrix."""
+    """The channel form ``(1/T) sum_{t,t'} blocks`` of a dense ``[C*T, C*T]`` matrix."""
     channels, positions = shape[0], prod(shape[1:])
     blocks = matrix.reshape(channels, positions, channels, positions)
-    return torch.einsum("ctdt->cd", blocks) / positions
+    return blocks.sum((1, 3)) / positions

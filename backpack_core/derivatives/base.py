@@ -200,11 +200,12 @@ class Derivatives:
     def ea_channel_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
         """The KFRA recursion on feature maps, in channel form.
 
-        A curvature over a feature map ``[C, *spatial]`` is approximated as the same
-        ``[C, C]`` matrix at every position and no coupling between positions (the
-        spatial-homogeneity assumption of Kronecker-factored convolutions, Grosse & Martens
-        2016). This method maps that channel matrix at the output to the one at the input,
-        averaged over samples and positions.
+        On a feature map ``[C, *spatial]`` with ``T`` positions, KFRA keeps the channel
+        matrix ``K = (1/T) sum_{t,t'} M[(., t), (., t')]``: the curvature w.r.t. the
+        spatially summed features, per position (the same reduction over positions that
+        BackPACK's KFAC/KFLR apply to a convolution's output factor). Linear maps
+        (convolutions on their input, pooling) pass it on exactly; elementwise modules
+        assume their derivative independent of the curvature across positions.
 
         Args:
             io: The module call (input ``[N, C_in, *spatial_in]``).

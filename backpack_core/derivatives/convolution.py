@@ -134,19 +134,20 @@ class ConvolutionDerivatives(Derivatives):
         return einsum("nct,ndt->cd", unfolded, unfolded) / io.batch_size
 
     def kronecker_output_factor(self, io, mat):
-        flat = mat.flatten(3)  # [V, N, O, T]
-        return einsum("vnot,vnpt->op", flat, flat)
+        # BackPACK 1.7's convention: sum each column over the output positions first.
+        summed = mat.flatten(3).sum(3)  # [V, N, O]
+        return einsum("vno,vnp->op", summed, summed)
 
     def kronecker_output_factor_from_matrix(self, io, mat):
-        # ``mat`` is the channel matrix shared by all output positions (see
-        # ``Derivatives.ea_channel_jac_t_mat_jac_prod``); the weight sees every position.
+        # ``mat`` is the channel form (``Derivatives.ea_channel_jac_t_mat_jac_prod``): the
+        # curvature of the spatially summed output is T_out times it.
         return mat * io.output[0, 0].numel()
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
         if io.module.groups != 1:
             raise UnsupportedOperation("KFRA through grouped convolutions")
-        weight = io.module.weight.flatten(2)  # [O, C, K]
-        # Each kernel offset maps output position t to one input position; on average an
-        # input position is reached T_out / T_in times per offset.
+        # Every output position sees all kernel taps inside the (padded) input, so the
+        # spatially summed input maps to the summed output through the tap-summed weight.
+        summed_weight = io.module.weight.flatten(2).sum(2)  # [O, C]
         ratio = io.output[0, 0].numel() / io.input[0, 0].numel()
-        return einsum("ock,op,pdk->cd", weight, mat, weight) * ratio
+        return summed_weight.T @ mat @ summed_weight * ratio

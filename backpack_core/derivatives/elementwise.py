@@ -43,9 +43,8 @@ class ElementwiseDerivatives(Derivatives):
         return mat * einsum("ni,nj->ij", df, df) / io.batch_size
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        df = self._first(io).flatten(2)  # [N, C, T]
-        samples_positions = df.shape[0] * df.shape[2]
-        return mat * einsum("nct,ndt->cd", df, df) / samples_positions
+        mean_df = self._first(io).flatten(2).mean(2)  # [N, C], averaged over positions
+        return mat * einsum("nc,nd->cd", mean_df, mean_df) / io.batch_size
 
 
 class ReLUDerivatives(ElementwiseDerivatives):

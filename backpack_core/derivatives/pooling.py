@@ -1,7 +1,5 @@
 """Pooling: ``MaxPoolNd`` (a per-sample selection) and ``AvgPoolNd`` (a fixed linear map)."""
 
-from math import prod
-
 import torch
 import torch.nn.functional as F
 
@@ -42,16 +40,8 @@ class MaxPoolDerivatives(Derivatives):
         return result.reshape(columns, batch, *io.input.shape[1:])
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        # Channels c, d couple at an input position when both select it for the same
-        # output position; average that co-selection over samples and input positions.
-        indices = self._indices(io)  # [N, C, T_out]
-        positions = io.input[0, 0].numel()
-        coselection = mat.new_zeros(mat.shape)
-        per_sample = indices.shape[1] * indices[0].numel()
-        for chunk in indices.split(max(1, 2**24 // per_sample)):
-            same = chunk.unsqueeze(2) == chunk.unsqueeze(1)  # [n, C, C, T_out]
-            coselection += same.sum((0, 3)).to(mat.dtype)
-        return mat * coselection / (io.batch_size * positions)
+        # Each output position takes one input entry per channel: the spatial sum passes.
+        return mat * io.output[0, 0].numel() / io.input[0, 0].numel()
 
 
 class AvgPoolDerivatives(Derivatives):
@@ -90,9 +80,6 @@ class AvgPoolDerivatives(Derivatives):
         return result.reshape(columns, batch, *io.input.shape[1:])
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        # Each output position spreads 1/K over K inputs: an input receives, on average,
-        # T_out * K / T_in contributions of weight 1/K^2 each.
-        kernel = io.module.kernel_size
-        elements = kernel**self.spatial_dims if isinstance(kernel, int) else prod(kernel)
-        ratio = io.output[0, 0].numel() / (io.input[0, 0].numel() * elements)
-        return mat * ratio
+        # Each output position averages entries of its window: the spatial sum passes
+        # (up to windows cut by padding).
+        return mat * io.output[0, 0].numel() / io.input[0, 0].numel()

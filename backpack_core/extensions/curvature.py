@@ -109,8 +109,9 @@ class _Kronecker(BackpropExtension):
     """``[B, A]`` for a weight (``B`` over outputs, ``A`` over inputs), ``[B]`` for a bias.
 
     ``A = (1/N) sum_n x_n x_n^T`` (convolutions: unfolded inputs, summed over positions);
-    ``B`` from the backpropagated quantity, summed over samples (it carries the loss's
-    reduction scale), so that ``B kron A`` approximates the weight's GGN block.
+    ``B = sum_{v,n} s s^T`` over the columns ``s`` of the backpropagated factor (they carry
+    the loss's reduction scale; convolutions: each column summed over the output positions
+    first, as BackPACK 1.7 does), so that ``B kron A`` approximates the weight's GGN block.
     """
 
     def output_factor(self, ctx):
