@@ -134,23 +134,48 @@ class KFRAMatrix(BackpropagatedQuantity):
         return ("dense", matrix)
 
     def backpropagate(self, derivatives, io, value, grad_output):
-        form, matrix = value
+        form, content = value
         if form == "channel":
-            return ("channel", derivatives.ea_channel_jac_t_mat_jac_prod(io, matrix))
-        features = prod(io.input.shape[1:])
-        needed = features * features * matrix.element_size()
+            return ("channel", derivatives.ea_channel_jac_t_mat_jac_prod(io, content))
+        if form == "congruence" and derivatives.reshapes_only and io.input.dim() > 2:
+            # The reshape to a feature map only needs the channel form of L^T M L, which the
+            # position-summed L gives without forming the [C*T, C*T] matrix.
+            left, matrix = content
+            channels, positions = io.input.shape[1], prod(io.input.shape[2:])
+            summed = left.reshape(left.shape[0], channels, positions).sum(2)
+            return ("channel", summed.T @ matrix @ summed / positions)
+        jacobian = derivatives.kfra_congruence(io)
+        if jacobian is not None:
+            # A fixed linear map: keep J^T M J as (J, M) until someone needs it dense.
+            if form == "congruence":
+                return ("congruence", (content[0] @ jacobian, content[1]))
+            return ("congruence", (jacobian, content))
+        dense = self.materialize(value, io)
+        result = derivatives.ea_jac_t_mat_jac_prod(io, dense)
+        self._check_dense(result.shape[0], result, io)
+        if io.input.dim() > 2:
+            return ("channel", _channel_form(result, io.input.shape[1:]))
+        return ("dense", result)
+
+    def materialize(self, value, io: ModuleIO) -> Tensor:
+        """The matrix a value stands for (dense or channel form), formed if it is lazy."""
+        form, content = value
+        if form != "congruence":
+            return content
+        left, matrix = content
+        self._check_dense(left.shape[1], matrix, io)
+        return left.T @ matrix @ left
+
+    def _check_dense(self, features: int, like: Tensor, io: ModuleIO) -> None:
+        needed = features * features * like.element_size()
         limit = memory_limit() if self.max_bytes is None else self.max_bytes
         if needed > limit:
             raise MemoryError(
                 f"KFRA would form a dense {features} x {features} matrix "
-                f"({format_bytes(needed)}) at the input of {io.module}; the limit is "
+                f"({format_bytes(needed)}) near {io.module}; the limit is "
                 f"{format_bytes(limit)}. Raise it with KFRA(max_bytes=...) if the "
                 "memory is there, or use KFLR/KFAC for this network."
             )
-        dense = derivatives.ea_jac_t_mat_jac_prod(io, matrix)
-        if io.input.dim() > 2:
-            return ("channel", _channel_form(dense, io.input.shape[1:]))
-        return ("dense", dense)
 
 
 def _channel_form(matrix: Tensor, shape: torch.Size) -> Tensor:

@@ -63,6 +63,10 @@ class Derivatives:
     #: :meth:`ea_jac_t_mat_jac_prod` cheap.
     sample_independent_jacobian = False
 
+    #: ``True`` for modules that only reshape (``Flatten``): KFRA may then project a lazy
+    #: ``J^T M J`` straight to a feature map's channel form.
+    reshapes_only = False
+
     def capture(self, module: Module, input: Tensor, output: Tensor) -> Any:
         """Keep what the backward pass will need beyond input and output (forward time).
 
@@ -196,6 +200,14 @@ class Derivatives:
             self._first_samples(io, batch), left.reshape(d_in, batch, *out_shape)
         )
         return both.reshape(d_in, batch, d_in).mean(1)
+
+    def kfra_congruence(self, io: ModuleIO) -> Optional[Tensor]:
+        """The Jacobian ``[D_out, D_in]`` if it is one fixed matrix for all samples, else None.
+
+        KFRA then keeps ``J^T M J`` lazily as ``(J, M)``; a following reshape to a feature
+        map reduces it without forming the ``[D_in, D_in]`` matrix.
+        """
+        return None
 
     def ea_channel_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
         """The KFRA recursion on feature maps, in channel form.

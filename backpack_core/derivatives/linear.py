@@ -74,6 +74,9 @@ class LinearDerivatives(Derivatives):
             return einsum(equation, mat.pow(2), io.input.pow(2))
         return super().diag_ggn(io, name, mat, sum_batch)
 
+    def kfra_congruence(self, io):
+        return io.module.weight if self._plain(io) else None
+
     def ea_jac_t_mat_jac_prod(self, io, mat):
         if not self._plain(io):
             raise UnsupportedOperation(

@@ -9,6 +9,7 @@ class FlattenDerivatives(Derivatives):
     """A reshape; also serves any module whose output is a reshaped input."""
 
     sample_independent_jacobian = True
+    reshapes_only = True
 
     def jac_t_mat_prod(self, io, mat):
         return mat.reshape(*mat.shape[:2], *io.input.shape[1:])
@@ -43,3 +44,5 @@ class ZeroPadDerivatives(Derivatives):
 
 class IdentityDerivatives(FlattenDerivatives):
     """The identity (usually never reached: the engine skips modules that return their input)."""
+
+    reshapes_only = False

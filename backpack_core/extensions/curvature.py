@@ -178,5 +178,6 @@ class KFRA(_Kronecker):
         return (KFRAMatrix(self.max_bytes),)
 
     def output_factor(self, ctx):
-        _, matrix = ctx.quantities[KFRAMatrix.key]
+        quantity = self.quantities()[0]
+        matrix = quantity.materialize(ctx.quantities[KFRAMatrix.key], ctx.io)
         return ctx.derivatives.kronecker_output_factor_from_matrix(ctx.io, matrix)

@@ -1,0 +1,71 @@
+"""KFRA's forms: dense on flat features, channel form on feature maps, lazy congruences.
+
+The lazy ``(J, M)`` form and the direct projection of a reshape are shortcuts: they must
+give the same numbers as forming every dense matrix.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from backpack_core import backpack, extend
+from backpack_core.derivatives.reshape import FlattenDerivatives
+from backpack_core.extensions import KFLR, KFRA
+
+
+def _conv_net():
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 5),
+        nn.Linear(5, 4),
+        nn.Tanh(),
+        nn.Linear(4, 3),
+    )
+
+
+def _kfra(model, reduction="mean"):
+    torch.manual_seed(1)
+    inputs, labels = torch.randn(6, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (6,))
+    loss_function = extend(nn.CrossEntropyLoss(reduction=reduction))
+    model.zero_grad()
+    with backpack(KFRA(), KFLR()):
+        loss_function(model(inputs), labels).backward()
+    return {name: [f.clone() for f in p.kfra] for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_lazy_projection_equals_dense_path(monkeypatch, reduction):
+    torch.manual_seed(0)
+    model = extend(_conv_net().double())
+    lazy = _kfra(model, reduction)
+    monkeypatch.setattr(FlattenDerivatives, "reshapes_only", False)
+    dense = _kfra(model, reduction)
+    for name in lazy:
+        for lazy_factor, dense_factor in zip(lazy[name], dense[name]):
+            torch.testing.assert_close(lazy_factor, dense_factor)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (lambda: nn.Conv2d(2, 3, 3, stride=2), (5, 2, 7, 7)),
+        (lambda: nn.Conv1d(2, 3, 2, padding=1), (5, 2, 6)),
+        (lambda: nn.Linear(6, 4), (5, 6)),
+    ],
+    ids=["conv2d", "conv1d", "linear"],
+)
+def test_kfra_equals_kflr_for_one_layer(layer, shape, reduction):
+    torch.manual_seed(0)
+    model = extend(nn.Sequential(layer(), nn.Flatten()).double())
+    inputs = torch.randn(*shape, dtype=torch.float64)
+    outputs = model(inputs)
+    loss_function = extend(nn.MSELoss(reduction=reduction))
+    with backpack(KFRA(), KFLR()):
+        loss_function(outputs, torch.randn_like(outputs)).backward()
+    for param in model.parameters():
+        for kfra, kflr in zip(param.kfra, param.kflr):
+            torch.testing.assert_close(kfra, kflr)
