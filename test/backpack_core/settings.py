@@ -128,6 +128,13 @@ def frozen_weight_mlp() -> nn.Module:
     return model
 
 
+def frozen_conv_weight_net() -> nn.Module:
+    """A convolution whose weight does not require gradients (its bias does)."""
+    model = nn.Sequential(nn.Conv2d(2, 2, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(8, 3))
+    model[0].weight.requires_grad_(False)
+    return model
+
+
 def nested_sequential() -> nn.Module:
     """Sequentials inside Sequentials, with an Identity."""
     return nn.Sequential(
@@ -231,6 +238,11 @@ SETTINGS = [
         "sum",
     ),
     Setting(
+        "conv2d-flatten-ce-mean",
+        lambda: nn.Sequential(nn.Conv2d(2, 2, 2), nn.Flatten()),
+        (3, 2, 3, 3),
+    ),
+    Setting(
         "conv2d-mse-sum",
         lambda: nn.Sequential(nn.Conv2d(2, 2, 2), nn.Flatten()),
         (2, 2, 3, 3),
@@ -283,6 +295,22 @@ SETTINGS = [
         ),
         (2, 2, 2, 2),
     ),
+    # curvature passed back through pooling and padding after a curved activation
+    Setting(
+        "sigmoid-maxpool2d-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(2, 2, 3, padding=1), 8, nn.Sigmoid, lambda: nn.MaxPool2d(2)),
+        (3, 2, 4, 4),
+    ),
+    Setting(
+        "tanh-zeropad2d-conv-mse-mean",
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 2, 2), nn.Tanh(), nn.ZeroPad2d(1), nn.Conv2d(2, 2, 2), nn.Flatten()
+        ),
+        (2, 2, 4, 4),
+        "mse",
+        "mean",
+    ),
+    Setting("frozen-conv-weight-sigmoid-ce-sum", frozen_conv_weight_net, (3, 2, 4, 4), "ce", "sum"),
     # float32
     Setting("linear-ce-mean-float32", _linear, (3, 6), dtype=F32),
     Setting("mlp-sigmoid-mse-mean-float32", mlp(nn.Sigmoid), (3, 6), "mse", "mean", F32),

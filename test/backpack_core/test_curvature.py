@@ -54,6 +54,7 @@ SINGLE_LAYER_IDS = [
     "linear-nobias-ce-mean",
     "linear-extradims-mse-mean",
     "conv2d-mse-sum",
+    "conv2d-flatten-ce-mean",
     "conv1d-stride-mse-sum",
 ]
 # Kronecker factors the engine refuses by design, as BackPACK 1.7 does:

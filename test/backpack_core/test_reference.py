@@ -185,3 +185,13 @@ def test_any_loss_references_agree_with_per_sample_ones(setting):
     for name, expected in reference_of(setting, "first_order")["grad_batch"].items():
         assert_close(g[name], expected, **setting.tolerances)
         assert_close(ggn[name], reference_of(setting, "ggn_diagonal")[name], **setting.tolerances)
+
+
+@pytest.mark.parametrize("setting_id", ["conv2d-ce-mean", "tf-same-padding-hook-ce-mean"])
+def test_kflr_output_factor_of_a_convolution_is_its_bias_ggn_block(setting_id):
+    setting = SETTINGS[SETTING_IDS.index(setting_id)]
+    model, lossfunc, X, y = setting.build()
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][0]
+    bias_name = [n for n, p in model.named_parameters() if p is conv.bias][0]
+    B, _ = reference.kflr_factors(model, lossfunc, X, y, conv)
+    assert_close(B, reference.ggn_block(model, lossfunc, X, y, bias_name))
