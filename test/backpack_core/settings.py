@@ -168,6 +168,20 @@ SETTINGS = [
     Setting("linear-extradims-mse-mean", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "mean"),
     Setting("linear-extradims-mse-sum", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "sum"),
     Setting("linear-extradims-flatten-ce-mean", linear_extra_dims_net, (3, 2, 4)),
+    Setting(
+        "deep-linear-ce-mean",
+        lambda: nn.Sequential(
+            nn.Linear(6, 5), nn.Identity(), nn.Linear(5, 4), nn.Flatten(), nn.Linear(4, 3)
+        ),
+        (4, 6),
+    ),
+    Setting(
+        "deep-linear-mse-sum",
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4, bias=False), nn.Linear(4, 3)),
+        (3, 6),
+        "mse",
+        "sum",
+    ),
     # MLPs with activations (Sigmoid, Tanh: Hessian residual terms)
     Setting("mlp-relu-ce-mean", mlp(nn.ReLU), (4, 6)),
     Setting("mlp-leakyrelu-ce-sum", mlp(lambda: nn.LeakyReLU(0.1)), (4, 6), "ce", "sum"),

@@ -83,10 +83,14 @@ CASES = {
         lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)),
         nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)),
     ),
+    "relu-inplace": lambda: _problem(
+        lambda: nn.Sequential(nn.Linear(6, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)),
+        nn.CrossEntropyLoss(),
+    ),
 }
 
-# cases where the loss module's configuration is what cannot be handled
-_LOSS_CLASS = {"crossentropy-class-weights": "CrossEntropyLoss"}
+# cases where a module's configuration is what cannot be handled: the refusal may name it
+_NAMED_CLASS = {"crossentropy-class-weights": "CrossEntropyLoss", "relu-inplace": "ReLU"}
 # cases no extension can handle: a refusal must name this module class
 REFUSED_FOR_EVERY_EXTENSION = {"module-called-twice": "Linear"}
 
@@ -124,7 +128,7 @@ def test_correct_or_refused(case, extension, savefield):
         if case in REFUSED_FOR_EVERY_EXTENSION:  # then naming the module is enough
             assert REFUSED_FOR_EVERY_EXTENSION[case] in str(error)
             return
-        return _assert_names_extension(error, extension(), _LOSS_CLASS.get(case, ""))
+        return _assert_names_extension(error, extension(), _NAMED_CLASS.get(case, ""))
     for name, p in params.items():
         assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)

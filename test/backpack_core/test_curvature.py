@@ -237,6 +237,14 @@ def test_kfac_converges_to_kflr(setting_id):
         assert_close(bias.kfac[0], B, **_monte_carlo_tolerances(B))
 
 
+@pytest.mark.parametrize("setting_id", ["deep-linear-ce-mean", "deep-linear-mse-sum"])
+def test_kfra_equals_kflr_on_a_deep_linear_network(setting_id):
+    # with sample-independent Jacobians KFRA's batch averages lose nothing
+    setting = _setting(setting_id)
+    params = run_extended(setting, KFRA())
+    _assert_kronecker_factors(params, _kflr_references(setting), "kfra", setting.tolerances)
+
+
 @pytest.mark.parametrize(
     "setting_id, last_layer",
     [
