@@ -240,6 +240,11 @@ SETTINGS = [
         (3, 2, 5, 5),
     ),
     Setting(
+        "conv2d-stride-exceeds-kernel-tanh-ce-mean",
+        conv2d_net(lambda: nn.Conv2d(2, 2, 2, stride=3), 8, nn.Tanh),
+        (3, 2, 5, 5),
+    ),
+    Setting(
         "conv2d-groups-ce-mean",
         conv2d_net(lambda: nn.Conv2d(4, 4, 3, groups=2), 16, nn.ReLU),
         (3, 4, 4, 4),

@@ -155,6 +155,22 @@ def test_an_error_inside_backpack_deactivates_the_extensions():
         assert not hasattr(p, "grad_batch")
 
 
+def test_an_older_graph_still_alive_does_not_disturb_first_order():
+    # e.g. a loss tensor kept for logging: its graph (and the module calls in it) stay alive
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    X_logged, y_logged = torch.randn(5, 6, dtype=torch.float64), torch.randint(3, (5,))
+    X, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(3, (5,))
+    expected = reference.first_order(model, nn.CrossEntropyLoss(), X, y)["grad_batch"]
+    model, lossfunc = extend(model), extend(nn.CrossEntropyLoss())
+    logged = lossfunc(model(X_logged), y_logged)  # noqa: F841 (kept alive on purpose)
+    loss = lossfunc(model(X), y)
+    with backpack(BatchGrad()):
+        loss.backward()
+    for name, p in model.named_parameters():
+        assert_close(p.grad_batch, expected[name], rtol=1e-7, atol=1e-10)
+
+
 # --------------------------------------------------------------------------------------------
 # unsupported modules are errors that name the module and the extension
 # --------------------------------------------------------------------------------------------
