@@ -46,7 +46,6 @@ class _Record(ModuleIO):
         self.derivatives = derivatives
         self.output_id = id(output)
         self.output_ref = weakref.ref(output)
-        self.shared = False
         self.pending = True
         self.branching: Optional[str] = None
 
@@ -111,14 +110,11 @@ class _ActivePass:
                 "there, one sample's output depends on the whole batch, so per-sample and "
                 "curvature quantities are undefined. Call .eval() on it or remove it."
             )
-        if record.shared:
-            raise NotImplementedError(
-                f"{module} was called more than once in one forward pass; backpack_core "
-                "supports each module once per pass. Use a separate module per call."
-            )
         params = [
             (name, p) for name, p in module._parameters.items() if p is not None and p.requires_grad
         ]
+        if params:
+            self._check_called_once(module)
         incoming = self._take(record) if self.quantities else {}
         propagate = bool(self.quantities) and record.input.requires_grad
         if derivatives is None and (params or propagate):
@@ -155,10 +151,29 @@ class _ActivePass:
                     ) from None
             self._deposit(record.input, outgoing)
 
+    def _check_called_once(self, module: Module) -> None:
+        """Refuse a module with parameters that this backward pass reaches twice."""
+        task = _graph_task_id()
+        if task is None:
+            return
+        if getattr(module, "_backpack_core_task", None) == task:
+            raise NotImplementedError(
+                f"{self._names()}: {module} was called more than once in the graph this "
+                "backward pass differentiates (weight sharing); its per-parameter results "
+                "would need summing over the calls, which backpack_core does not do. Use a "
+                "separate module per call."
+            )
+        module._backpack_core_task = task
+
     def _start(self, record: _Record, derivatives: LossDerivatives, grad_output: Tensor) -> None:
         if not self.quantities:
             return
-        derivatives.check(record)
+        try:
+            derivatives.check(record)
+        except UnsupportedOperation as error:
+            raise NotImplementedError(
+                f"{self._backpropagating_names()} cannot start at {error}"
+            ) from None
         if grad_output.numel() != 1:
             raise ValueError(f"the output of {record.module} must be a scalar loss")
         scale = float(grad_output)
@@ -186,6 +201,12 @@ def _supported() -> List[str]:
     from backpack_core.derivatives import supported_modules
 
     return supported_modules()
+
+
+def _graph_task_id() -> Optional[int]:
+    """An id of the running backward pass (``None`` where torch does not expose one)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return None if current is None else current()
 
 
 def _branching(root) -> Optional[str]:
@@ -225,10 +246,6 @@ def _forward_hook(module: Module, inputs: tuple, output) -> None:
         return  # a module that returned its input unchanged computed the identity
     derivatives = derivatives_for(module)
     record = _Record(module, inputs, output, derivatives)
-    previous = getattr(module, "_backpack_core_last_call", lambda: None)()
-    if previous is not None and previous.pending and previous.output_ref() is not None:
-        previous.shared = record.shared = True
-    module._backpack_core_last_call = weakref.ref(record)
     if isinstance(derivatives, LossDerivatives) and output.grad_fn is not None:
         record.branching = _branching(output.grad_fn)
     output.register_hook(lambda grad: _on_output_grad(record, grad))

@@ -91,8 +91,10 @@ class LinearDerivatives(Derivatives):
         return x.T @ x / io.batch_size
 
     def kronecker_output_factor(self, io, mat):
-        flat = mat.reshape(-1, mat.shape[-1])
-        return flat.T @ flat
+        # Extra dimensions are summed first, the rule convolutions follow for positions
+        # (BackPACK 1.7), so a kernel-1 Conv1d and this layer give the same factors.
+        summed = mat.reshape(*mat.shape[:2], -1, mat.shape[-1]).sum(2).flatten(0, 1)
+        return summed.T @ summed
 
     def kronecker_output_factor_from_matrix(self, io, mat):
         if not self._plain(io):

@@ -324,16 +324,17 @@ def _unfolded_input(module: nn.Module, x: Tensor) -> Tensor:
 def _sum_over_positions(ggn: Tensor, module: nn.Module) -> Tensor:
     """Reduce a per-sample output GGN ``[*z, *z]`` to ``[C_out, C_out]``.
 
-    Linear (channels last, ``z = [*extra, out]``): the blocks of equal extra positions,
-    ``sum_t G[(t, .), (t, .)]``. Convolutions (channels first, ``z = [C_out, *spatial]``):
-    BackPACK 1.7's convention, every pair of positions, ``sum_{t, t'} G[(., t), (., t')]``
-    (each backpropagated column is summed over positions before its outer product).
+    Every pair of positions, ``sum_{t, t'} G[t, t']``: BackPACK 1.7's convention for
+    convolutions (each backpropagated column is summed over positions before its outer
+    product), which the engine applies to the extra dimensions of a Linear layer too.
+    Linear is channels last (``z = [*extra, out]``), convolutions channels first
+    (``z = [C_out, *spatial]``).
     """
     z_shape = ggn.shape[: ggn.dim() // 2]
     if isinstance(module, nn.Linear):
         channels = z_shape[-1]
         ggn = ggn.reshape(-1, channels, z_shape.numel() // channels, channels)
-        return torch.einsum("pcpd->cd", ggn)
+        return torch.einsum("pcqd->cd", ggn)
     channels = z_shape[0]
     ggn = ggn.reshape(channels, -1, channels, z_shape.numel() // channels)
     return torch.einsum("cpdq->cd", ggn)
@@ -345,11 +346,11 @@ def kflr_factors(
     """KFLR's Kronecker factors ``[B, A]`` of a Linear or Conv layer's weight.
 
     ``A = (1/N) sum_n sum_pos u_{n,pos} u_{n,pos}^T`` over the layer's (unfolded) inputs.
-    ``B`` reduces the exact per-sample GGNs ``G_n`` w.r.t. the layer's output: for a Linear
-    layer the blocks of equal positions, ``sum_n sum_t G_n[t, t]`` (without extra dimensions
-    simply ``sum_n G_n``); for a convolution all pairs of positions,
-    ``sum_n sum_{t,t'} G_n[t, t']``, which is also the exact GGN block of its bias
-    (BackPACK 1.7's convention).
+    ``B`` reduces the exact per-sample GGNs ``G_n`` w.r.t. the layer's output over all pairs
+    of positions (extra dimensions of a Linear layer, spatial positions of a convolution),
+    ``sum_n sum_{t,t'} G_n[t, t']``, which is also the exact GGN block of the bias
+    (BackPACK 1.7's convention for convolutions; without extra dimensions simply
+    ``sum_n G_n``).
 
     Returns:
         ``[B, A]``, ``B`` of shape ``[out, out]``, ``A`` of shape ``[fan_in, fan_in]``.

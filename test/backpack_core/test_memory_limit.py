@@ -25,13 +25,23 @@ def _run(extension):
     return model
 
 
-@pytest.mark.parametrize("extension", [DiagGGNExact(), DiagHessian(), KFRA()], ids=repr)
-def test_too_large_quantity_raises_with_the_way_out(small_limit, extension):
+@pytest.mark.parametrize("extension", [DiagGGNExact(), DiagHessian()], ids=repr)
+def test_too_large_factor_raises_with_the_way_out(small_limit, extension):
     with pytest.raises(MemoryError) as error:
         _run(extension)
     message = str(error.value)
     assert "Linear(in_features=50, out_features=10" in message
-    assert "limit 2.0 KiB" in message or "limit is 2.0 KiB" in message
+    assert "limit 2.0 KiB" in message
+    assert "DiagGGNMC" in message and "set_memory_limit" in message
+
+
+def test_too_large_kfra_matrix_raises_with_the_way_out(small_limit):
+    # The 50 x 50 matrix at the Sigmoid (the last Linear passes J^T M J on lazily).
+    with pytest.raises(MemoryError) as error:
+        _run(KFRA())
+    message = str(error.value)
+    assert "dense 50 x 50 matrix" in message and "Sigmoid()" in message
+    assert "limit is 2.0 KiB" in message
 
 
 def test_monte_carlo_variant_fits_where_exact_does_not(small_limit):
