@@ -69,3 +69,35 @@ def test_kfra_equals_kflr_for_one_layer(layer, shape, reduction):
     for param in model.parameters():
         for kfra, kflr in zip(param.kfra, param.kflr):
             torch.testing.assert_close(kfra, kflr)
+
+
+def test_kernel_one_conv1d_and_linear_over_positions_agree():
+    """The same map written as Linear on ``[N, T, C]`` and as Conv1d on ``[N, C, T]``.
+
+    (KFRA refuses Linear layers on more than two dimensions, so KFLR speaks for both.)
+    """
+    torch.manual_seed(0)
+    linear = nn.Linear(3, 4).double()
+    conv = nn.Conv1d(3, 4, 1).double()
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.unsqueeze(2))
+        conv.bias.copy_(linear.bias)
+    inputs = torch.randn(5, 6, 3, dtype=torch.float64)
+    targets = torch.randn(5, 6, 4, dtype=torch.float64)
+    factors = {}
+    for name, model, x, y in [
+        ("linear", nn.Sequential(linear, nn.Flatten()), inputs, targets),
+        (
+            "conv",
+            nn.Sequential(conv, nn.Flatten()),
+            inputs.transpose(1, 2),
+            targets.transpose(1, 2),
+        ),
+    ]:
+        extend(model)
+        loss_function = extend(nn.MSELoss())
+        with backpack(KFLR()):
+            loss_function(model(x), y.flatten(1)).backward()
+        factors[name] = model[0].weight.kflr
+    torch.testing.assert_close(factors["linear"][0], factors["conv"][0])
+    torch.testing.assert_close(factors["linear"][1], factors["conv"][1].reshape(3, 3))
