@@ -26,6 +26,12 @@ from backobs.problems import (
 )
 from backobs.testproblems import register_with_deepobs as _register_with_deepobs
 
+_register_with_deepobs()
+_install_data_sources()
+
+# Last: the runner uses the adapter above.
+from backobs.runner import BackpackRunner  # noqa: E402
+
 __all__ = [
     "extend_problem",
     "extend",
@@ -41,7 +47,5 @@ __all__ = [
     "DataUnavailableError",
     "use_synthetic_data",
     "synthetic_data_enabled",
+    "BackpackRunner",
 ]
-
-_register_with_deepobs()
-_install_data_sources()
