@@ -48,22 +48,7 @@ from backpack_core import extensions as extensions_module
 
 __all__ = ["BackpackRunner", "EXTENSION_NAMES", "summarize_quantity"]
 
-EXTENSION_NAMES = (
-    "BatchGrad",
-    "BatchL2Grad",
-    "SumGradSquared",
-    "Variance",
-    "BatchDotGrad",
-    "DiagGGNExact",
-    "DiagGGNMC",
-    "BatchDiagGGNExact",
-    "BatchDiagGGNMC",
-    "DiagHessian",
-    "BatchDiagHessian",
-    "KFAC",
-    "KFLR",
-    "KFRA",
-)
+EXTENSION_NAMES = tuple(name for name in extensions_module.__all__ if name != "BackpropExtension")
 """The extensions that ``--extensions`` accepts, by class name."""
 
 # Training parameters that change the numbers in the results file and therefore belong
