@@ -35,7 +35,7 @@ bench: installed ## time the extensions against plain backward and the peers (wr
 
 docs: ## build the HTML API reference, warnings as errors
 	$(PYTHON) -m pip install -e ".[docs]"
-	$(PYTHON) -m sphinx -W -b html docs docs/_build/html
+	$(PYTHON) -m sphinx -W --keep-going -E -b html docs docs/_build/html
 
 clean: ## remove build and test artefacts
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .coverage htmlcov docs/_build
