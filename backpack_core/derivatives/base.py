@@ -63,7 +63,7 @@ class Derivatives:
     #: :meth:`ea_jac_t_mat_jac_prod` cheap.
     sample_independent_jacobian = False
 
-    #: ``True`` for modules that only reshape (``Flatten``): KFRA may then project a lazy
+    #: ``True`` for modules that only reshape (``Flatten``), which lets KFRA project a lazy
     #: ``J^T M J`` straight to a feature map's channel form.
     reshapes_only = False
 
