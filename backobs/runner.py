@@ -24,7 +24,8 @@ random_seed__<seed>__<date>.json``). What it adds:
   its values (``sample_values``). Kronecker factors (lists of tensors) get one ``shape``,
   ``norm`` and ``mean`` per factor;
 - every ``log_interval`` steps the shapes of the quantities are printed as the original
-  BackOBS did (``[backobs] Extension: BatchGrad`` / ``  Parameter 0: Shape (3, 10, 784)``);
+  BackOBS did (``[backobs] Extension: BatchGrad``, then one ``Parameter 0: Shape (3, 10, 784)``
+  line per parameter);
 - command-line options for demos and small machines: ``--extensions``, ``--steps_per_epoch``,
   ``--eval_batches``, ``--log_interval``, ``--synthetic_data``, ``--device``, and
   ``--l2_reg`` as another name for DeepOBS 1.1.2's ``--weight_decay``.

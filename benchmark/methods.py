@@ -76,10 +76,17 @@ class BackpackLikeMethod(Method):
         self.loss = package.extend(self.loss)
         self.params = list(self.net.parameters())
         self._fields = [self._ext.savefield]
+        self._reuses_results = library == "backpack_core"
 
     def step(self, x: Tensor, y: Tensor) -> None:
-        """Forward and backward with the extension active."""
-        _clear(self.params, self._fields)
+        """Forward and backward with the extension active.
+
+        As in a training loop (``optimizer.zero_grad()``, then the next step), backpack_core
+        finds the previous step's results still on the parameters and may reuse their
+        memory (it does when nothing else refers to them). BackPACK's are cleared first.
+        """
+        # BackPACK allocates afresh anyway; clearing first spares it holding two results.
+        _clear(self.params, [] if self._reuses_results else self._fields)
         with self._backpack(self._ext):
             self.loss(self.net(x), y).backward()
 

@@ -78,7 +78,7 @@ class DiagGGNNewton(torch.optim.Optimizer):
 # The diagonal ignores the strong correlations between input pixels (all images share a
 # bright mean), so it underestimates the curvature along them: undamped steps with lr=1
 # overshoot on these problems. These defaults lowered the loss on mnist_logreg and
-# fmnist_2c2d (synthetic data, tests/example/test_diag_ggn_newton.py).
+# fmnist_2c2d (synthetic data, test/example/test_diag_ggn_newton.py).
 HYPERPARAMETERS = {
     "lr": {"type": float, "default": 0.02},
     "damping": {"type": float, "default": 0.3},

@@ -176,7 +176,7 @@ class Derivatives:
         result = None
         for start in range(0, columns, chunk):
             jac_t = self.param_jac_t_mat_prod(io, name, mat[start : start + chunk], False)
-            part = jac_t.pow(2).sum(0)
+            part = jac_t.square_().sum(0)
             result = part if result is None else result + part
         return result.sum(0) if sum_batch else result
 

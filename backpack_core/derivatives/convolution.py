@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, einsum
 
-from backpack_core.derivatives.base import Derivatives, ModuleIO, UnsupportedOperation
+from backpack_core.derivatives.base import (
+    CHUNK_BYTES,
+    Derivatives,
+    ModuleIO,
+    UnsupportedOperation,
+)
 
 _CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input}
 _CONV_INPUT[3] = torch.nn.grad.conv3d_input
@@ -113,6 +118,27 @@ class ConvolutionDerivatives(Derivatives):
         shape = (*g.shape[:3], unfolded.shape[2])
         torch.matmul(g, unfolded.transpose(2, 3), out=out.view(shape))
         return out
+
+    def diag_ggn(self, io, name, mat, sum_batch=True):
+        if name == "bias":
+            squared = mat.flatten(3).sum(3).square_()  # [V, N, O]
+            return squared.sum((0, 1)) if sum_batch else squared.sum(0)
+        columns, batch, groups = mat.shape[0], mat.shape[1], io.module.groups
+        unfolded = self.unfold(io).flatten(0, 1).transpose(1, 2)  # [N*G, T, C/G * K]
+        per_column = batch * io.module.weight.numel() * mat.element_size()
+        chunk = max(1, CHUNK_BYTES // max(per_column, 1))
+        result = None
+        for start in range(0, columns, chunk):
+            part = self._grouped_columns(io, mat[start : start + chunk])  # [v, N, G, O/G, T]
+            v = part.shape[0]
+            # [N*G, v*O/G, T] @ [N*G, T, C/G*K]: one product per sample and group, written in
+            # its natural layout and squared in place (fresh large tensors cost page faults).
+            left = part.permute(1, 2, 0, 3, 4).reshape(batch * groups, -1, part.shape[-1])
+            products = torch.bmm(left, unfolded).square_()
+            products = products.view(batch, groups, v, -1, unfolded.shape[-1]).sum(2)
+            result = products if result is None else result.add_(products)
+        result = result.sum(0) if sum_batch else result
+        return result.reshape(*result.shape[: 0 if sum_batch else 1], *io.module.weight.shape)
 
     def batch_l2(self, io, name, grad_output):
         if name == "bias":

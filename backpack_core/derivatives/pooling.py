@@ -12,7 +12,16 @@ class MaxPoolDerivatives(Derivatives):
     def __init__(self, spatial_dims: int):
         self.spatial_dims = spatial_dims
 
+    def capture(self, module, input, output):
+        # Autograd keeps the argmax indices for its own backward; reuse them.
+        saved = getattr(output.grad_fn, "_saved_result1", None)
+        if isinstance(saved, torch.Tensor) and saved.shape == output.shape:
+            return saved
+        return None
+
     def _indices(self, io):
+        if "indices" not in io.memo and io.extra is not None:
+            io.memo["indices"] = io.extra.flatten(2)
         if "indices" not in io.memo:
             module = io.module
             pool = getattr(F, f"max_pool{self.spatial_dims}d")

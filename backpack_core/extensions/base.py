@@ -33,7 +33,10 @@ class BackpropExtension:
         Returns:
             The value stored as ``param.<savefield>``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement compute(ctx, name), which returns "
+            f"the value stored as param.{self.savefield}"
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

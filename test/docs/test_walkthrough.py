@@ -78,7 +78,10 @@ def test_scaffold_stage_fails_after_the_debug_lines():
         result.stdout
     )
     assert "Linear(in_features=784, out_features=10, bias=True)" in result.stdout
-    assert result.stderr.rstrip().endswith("NotImplementedError")
+    assert result.stderr.rstrip().endswith(
+        "BatchCosineGradScaffold does not implement compute(ctx, name), which returns the "
+        "value stored as param.batch_cosine"
+    )
 
 
 def test_dummy_stage_stores_the_placeholder():
