@@ -139,21 +139,40 @@ class Derivatives:
         result = self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=False)[0]
         return result if out is None else out.copy_(result)
 
-    def sum_grad(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+    def sum_grad(
+        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
+    ) -> Tensor:
         """The gradient ``[*p.shape]`` (sum of the individual gradients)."""
+        if batch_grad is not None:
+            return batch_grad.sum(0)
         return self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=True)[0]
 
-    def batch_l2(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+    # The next three take the individual gradients ``[N, *p.shape]`` when they are at hand
+    # anyway (BatchGrad active); a layer with a cheaper factorised form may ignore them.
+    def batch_l2(
+        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
+    ) -> Tensor:
         """Squared norms ``[N]`` of the individual gradients."""
-        return self.batch_grad(io, name, grad_output).flatten(1).pow(2).sum(1)
+        if batch_grad is None:
+            batch_grad = self.batch_grad(io, name, grad_output)
+        return torch.linalg.vector_norm(batch_grad.flatten(1), dim=1).square()
 
-    def sum_grad_squared(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+    def sum_grad_squared(
+        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
+    ) -> Tensor:
         """Sum ``[*p.shape]`` of the squared individual gradients."""
-        return self.batch_grad(io, name, grad_output).pow(2).sum(0)
+        if batch_grad is None:
+            return self.batch_grad(io, name, grad_output).square_().sum(0)
+        # A reduction without a temporary as large as the individual gradients.
+        return torch.linalg.vector_norm(batch_grad, dim=0).square()
 
-    def batch_dot(self, io: ModuleIO, name: str, grad_output: Tensor) -> Tensor:
+    def batch_dot(
+        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
+    ) -> Tensor:
         """Pairwise dot products ``[N, N]`` of the individual gradients."""
-        flat = self.batch_grad(io, name, grad_output).flatten(1)
+        if batch_grad is None:
+            batch_grad = self.batch_grad(io, name, grad_output)
+        flat = batch_grad.flatten(1)
         return flat @ flat.T
 
     # ------------------------------------------------------------------ curvature

@@ -140,9 +140,9 @@ class ConvolutionDerivatives(Derivatives):
         result = result.sum(0) if sum_batch else result
         return result.reshape(*result.shape[: 0 if sum_batch else 1], *io.module.weight.shape)
 
-    def batch_l2(self, io, name, grad_output):
-        if name == "bias":
-            return super().batch_l2(io, name, grad_output)
+    def batch_l2(self, io, name, grad_output, batch_grad=None):
+        if name == "bias" or batch_grad is not None:
+            return super().batch_l2(io, name, grad_output, batch_grad)
         g = self._grouped_columns(io, grad_output.unsqueeze(0))[0]  # [N, G, O, T]
         unfolded = self.unfold(io)  # [N, G, C, T]
         out_ch, in_ch, steps = g.shape[2], unfolded.shape[2], g.shape[3]

@@ -42,11 +42,14 @@ class LinearDerivatives(Derivatives):
 
     # First-order fast paths: for plain inputs the individual gradient is an outer product
     # g_n x_n^T, so norms, squares and dot products factorise (no [N, out, in] tensor).
-    def batch_l2(self, io, name, grad_output):
+    def batch_l2(self, io, name, grad_output, batch_grad=None):
         if name == "bias":
-            return super().batch_l2(io, name, grad_output)
+            return super().batch_l2(io, name, grad_output, batch_grad)
         if self._plain(io):
+            # ||g_n x_n^T||^2 = ||g_n||^2 ||x_n||^2: cheaper than reading the gradients.
             return grad_output.pow(2).sum(1) * io.input.pow(2).sum(1)
+        if batch_grad is not None:
+            return super().batch_l2(io, name, grad_output, batch_grad)
         x, g = self._shared(io, grad_output.unsqueeze(0))
         g = g[0]
         steps, d_in, d_out = x.shape[1], x.shape[2], g.shape[2]
@@ -54,16 +57,22 @@ class LinearDerivatives(Derivatives):
             return (einsum("nto,nso->nts", g, g) * einsum("nti,nsi->nts", x, x)).sum((1, 2))
         return super().batch_l2(io, name, grad_output)
 
-    def sum_grad_squared(self, io, name, grad_output):
-        if name == "weight" and self._plain(io):
-            return einsum("no,ni->oi", grad_output.pow(2), io.input.pow(2))
-        return super().sum_grad_squared(io, name, grad_output)
+    def sum_grad(self, io, name, grad_output, batch_grad=None):
+        if self._plain(io):  # one product g^T x instead of reading N x out x in numbers
+            return super().sum_grad(io, name, grad_output)
+        return super().sum_grad(io, name, grad_output, batch_grad)
 
-    def batch_dot(self, io, name, grad_output):
+    def sum_grad_squared(self, io, name, grad_output, batch_grad=None):
+        if name == "weight" and self._plain(io):
+            # One product of the squared factors beats reading N x out x in numbers.
+            return einsum("no,ni->oi", grad_output.pow(2), io.input.pow(2))
+        return super().sum_grad_squared(io, name, grad_output, batch_grad)
+
+    def batch_dot(self, io, name, grad_output, batch_grad=None):
         if self._plain(io):
             gram = grad_output @ grad_output.T
             return gram if name == "bias" else gram * (io.input @ io.input.T)
-        return super().batch_dot(io, name, grad_output)
+        return super().batch_dot(io, name, grad_output, batch_grad)
 
     def diag_ggn(self, io, name, mat, sum_batch=True):
         if name == "bias" and self._plain(io):

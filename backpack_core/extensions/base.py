@@ -1,6 +1,6 @@
 """What every extension is, and the per-module context the engine hands to it."""
 
-from typing import Any, Callable, Dict, Hashable, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 from torch import Tensor
 
@@ -83,8 +83,11 @@ class ModuleContext:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def _from_individual(self, name: str) -> bool:
-        return self.individual_gradients_wanted or ("batch_grad", name) in self._memo
+    def _individual(self, name: str) -> Optional[Tensor]:
+        """The individual gradients if BatchGrad computes them anyway, else ``None``."""
+        if self.individual_gradients_wanted or ("batch_grad", name) in self._memo:
+            return self.batch_grad(name)
+        return None
 
     def batch_grad(self, name: str) -> Tensor:
         """Individual gradients ``[N, *p.shape]``.
@@ -105,43 +108,36 @@ class ModuleContext:
 
     def sum_grad(self, name: str) -> Tensor:
         """The gradient of the reduced loss w.r.t. the parameter, ``[*p.shape]``."""
-        if self._from_individual(name):
-            return self.memo(("sum_grad", name), lambda: self.batch_grad(name).sum(0))
         return self.memo(
             ("sum_grad", name),
-            lambda: self.derivatives.sum_grad(self.io, name, self.grad_output),
+            lambda: self.derivatives.sum_grad(
+                self.io, name, self.grad_output, self._individual(name)
+            ),
         )
 
     def sum_grad_squared(self, name: str) -> Tensor:
         """Sum of squared individual gradients ``[*p.shape]``."""
-        if self._from_individual(name):
-            return self.memo(("sgs", name), lambda: self.batch_grad(name).pow(2).sum(0))
         return self.memo(
             ("sgs", name),
-            lambda: self.derivatives.sum_grad_squared(self.io, name, self.grad_output),
+            lambda: self.derivatives.sum_grad_squared(
+                self.io, name, self.grad_output, self._individual(name)
+            ),
         )
 
     def batch_l2(self, name: str) -> Tensor:
         """Squared norms of the individual gradients ``[N]``."""
-        if self._from_individual(name):
-            return self.memo(
-                ("batch_l2", name), lambda: self.batch_grad(name).flatten(1).pow(2).sum(1)
-            )
         return self.memo(
             ("batch_l2", name),
-            lambda: self.derivatives.batch_l2(self.io, name, self.grad_output),
+            lambda: self.derivatives.batch_l2(
+                self.io, name, self.grad_output, self._individual(name)
+            ),
         )
 
     def batch_dot(self, name: str) -> Tensor:
         """Pairwise dot products of the individual gradients ``[N, N]``."""
-        if self._from_individual(name):
-
-            def from_individual():
-                flat = self.batch_grad(name).flatten(1)
-                return flat @ flat.T
-
-            return self.memo(("batch_dot", name), from_individual)
         return self.memo(
             ("batch_dot", name),
-            lambda: self.derivatives.batch_dot(self.io, name, self.grad_output),
+            lambda: self.derivatives.batch_dot(
+                self.io, name, self.grad_output, self._individual(name)
+            ),
         )
