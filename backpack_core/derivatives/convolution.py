@@ -5,8 +5,9 @@ Parameter derivatives use the unfolded input ("im2col"): ``U_n`` of shape
 of group ``g`` is ``W_g U_n``. The input derivative is a transposed convolution.
 """
 
+import time
 from math import prod
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +110,66 @@ class ConvolutionDerivatives(Derivatives):
     def batch_grad(self, io, name, grad_output, out=None):
         if name == "bias":
             return super().batch_grad(io, name, grad_output, out)
+        method = self._batch_grad_method(io, grad_output)
+        return method(io, grad_output, out)
+
+    # Per-sample weight gradients have two forms whose speed depends on the layer's shape by
+    # orders of magnitude (measured on CPU: unfolding wins 100x with one input channel, the
+    # grouped convolution 2-3x on large feature maps). The first call with a given shape
+    # times both once; later calls take the faster.
+    _METHOD_CHOICES: Dict[tuple, str] = {}
+
+    def _batch_grad_method(self, io, grad_output):
+        module = io.module
+        key = (
+            tuple(io.input.shape),
+            tuple(module.weight.shape),
+            module.stride,
+            module.dilation,
+            module.groups,
+            io.input.dtype,
+            io.input.device.type,
+        )
+        methods = {"unfold": self._batch_grad_unfold, "grouped": self._batch_grad_grouped}
+        if key not in self._METHOD_CHOICES:
+            timings = {}
+            for label, method in methods.items():
+                if io.input.is_cuda:
+                    torch.cuda.synchronize(io.input.device)
+                start = time.perf_counter()
+                method(io, grad_output, None)
+                if io.input.is_cuda:
+                    torch.cuda.synchronize(io.input.device)
+                timings[label] = time.perf_counter() - start
+            self._METHOD_CHOICES[key] = min(timings, key=timings.get)
+        return methods[self._METHOD_CHOICES[key]]
+
+    def _batch_grad_grouped(self, io, grad_output, out=None):
+        """Per-sample weight gradients as one weight-gradient convolution, samples as groups."""
+        module = io.module
+        x = _pad(io.input, _padding_pairs(module))
+        batch, groups = x.shape[0], module.groups
+        weight_shape = (batch * module.weight.shape[0], *module.weight.shape[1:])
+        # Only the weight's shape is read: a zero-strided placeholder costs no memory.
+        placeholder = module.weight.new_zeros(1).as_strided(weight_shape, [0] * len(weight_shape))
+        _, result, _ = torch.ops.aten.convolution_backward(
+            grad_output.reshape(1, -1, *grad_output.shape[2:]),
+            x.reshape(1, -1, *x.shape[2:]),
+            placeholder,
+            None,
+            list(module.stride),
+            [0] * self.spatial_dims,
+            list(module.dilation),
+            False,
+            [0] * self.spatial_dims,
+            batch * groups,
+            [False, True, False],
+        )
+        result = result.view(batch, *module.weight.shape)
+        return result if out is None else out.copy_(result)
+
+    def _batch_grad_unfold(self, io, grad_output, out=None):
+        """Per-sample weight gradients from the unfolded input, one product per sample."""
         g = self._grouped_columns(io, grad_output.unsqueeze(0))[0]  # [N, G, O/G, T]
         unfolded = self.unfold(io)  # [N, G, C/G * K, T]
         if out is None:
