@@ -20,6 +20,19 @@ def _check_mc_samples(mc_samples) -> int:
     return mc_samples
 
 
+class _MonteCarlo:
+    """The sampled GGN factor: ``mc_samples`` columns per data point."""
+
+    def __init__(self, mc_samples: int = 1):
+        self.mc_samples = _check_mc_samples(mc_samples)
+
+    def quantities(self):
+        return (SqrtGGNMonteCarlo(self.mc_samples),)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mc_samples={self.mc_samples})"
+
+
 class _DiagGGN(BackpropExtension):
     sum_batch = True
 
@@ -49,7 +62,7 @@ class BatchDiagGGNExact(DiagGGNExact):
     sum_batch = False
 
 
-class DiagGGNMC(_DiagGGN):
+class DiagGGNMC(_MonteCarlo, _DiagGGN):
     """Monte-Carlo estimate of the GGN diagonal: ``p.diag_ggn_mc``, shaped like ``p``.
 
     Args:
@@ -58,15 +71,6 @@ class DiagGGNMC(_DiagGGN):
     """
 
     savefield = "diag_ggn_mc"
-
-    def __init__(self, mc_samples: int = 1):
-        self.mc_samples = _check_mc_samples(mc_samples)
-
-    def quantities(self):
-        return (SqrtGGNMonteCarlo(self.mc_samples),)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mc_samples={self.mc_samples})"
 
 
 class BatchDiagGGNMC(DiagGGNMC):
@@ -135,7 +139,7 @@ class KFLR(_Kronecker):
         return (SqrtGGNExact(),)
 
 
-class KFAC(_Kronecker):
+class KFAC(_MonteCarlo, _Kronecker):
     """Kronecker factors of the Monte-Carlo GGN (Martens & Grosse, 2015): ``p.kfac``.
 
     Args:
@@ -143,15 +147,6 @@ class KFAC(_Kronecker):
     """
 
     savefield = "kfac"
-
-    def __init__(self, mc_samples: int = 1):
-        self.mc_samples = _check_mc_samples(mc_samples)
-
-    def quantities(self):
-        return (SqrtGGNMonteCarlo(self.mc_samples),)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mc_samples={self.mc_samples})"
 
 
 class KFRA(_Kronecker):
