@@ -17,13 +17,24 @@ INSTALL_REQUIRES = [
     "numpy",
     "tqdm",
     "matplotlib",
+    # The benchmark layer: sweeps run on Dask (a local cluster or a running scheduler),
+    # sweep files are YAML, reports are pandas tables.
+    "dask[distributed]",
+    "pyyaml",
+    "pandas",
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest", "pytest-cov", "coveralls", "ruff"],
+    # curvlinops: an independent reference for the Kronecker factors' conventions.
+    "test": ["pytest", "pytest-cov", "coveralls", "ruff", "curvlinops-for-pytorch==3.0.1"],
     "docs": ["sphinx"],
     # Peers measured side by side in benchmark/; never needed by the package.
-    "bench": ["backpack-for-pytorch==1.7.1", "opacus"],
+    "bench": [
+        "backpack-for-pytorch==1.7.1",
+        "opacus",
+        "curvlinops-for-pytorch==3.0.1",
+        "asdfghjkl==0.1a5",
+    ],
 }
 
 setup(
@@ -38,6 +49,7 @@ setup(
     packages=find_packages(include=["backobs", "backobs.*", "backpack_core", "backpack_core.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["backobs = backobs.cli:main"]},
     classifiers=[
         "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
