@@ -18,6 +18,8 @@ class BackpropExtension:
     """
 
     savefield: str = None
+    per_sample: bool = False
+    """Whether the value has one entry per sample along its first dimension (``[N, ...]``)."""
 
     def quantities(self) -> Tuple[BackpropagatedQuantity, ...]:
         """The quantities this extension needs backpropagated from the loss (none: first order)."""

@@ -59,6 +59,7 @@ class BatchDiagGGNExact(DiagGGNExact):
     """Per-sample summands of the GGN diagonal: ``p.diag_ggn_exact_batch``, ``[N, *p.shape]``."""
 
     savefield = "diag_ggn_exact_batch"
+    per_sample = True
     sum_batch = False
 
 
@@ -77,6 +78,7 @@ class BatchDiagGGNMC(DiagGGNMC):
     """Per-sample summands of the MC GGN diagonal: ``p.diag_ggn_mc_batch``, ``[N, *p.shape]``."""
 
     savefield = "diag_ggn_mc_batch"
+    per_sample = True
     sum_batch = False
 
 
@@ -106,6 +108,7 @@ class BatchDiagHessian(DiagHessian):
     """Per-sample summands of the Hessian diagonal: ``p.diag_h_batch``, ``[N, *p.shape]``."""
 
     savefield = "diag_h_batch"
+    per_sample = True
     sum_batch = False
 
 

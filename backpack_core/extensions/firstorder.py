@@ -11,6 +11,7 @@ class BatchGrad(BackpropExtension):
     """Individual gradients: ``p.grad_batch`` of shape ``[N, *p.shape]``."""
 
     savefield = "grad_batch"
+    per_sample = True
 
     def compute(self, ctx, name):
         return ctx.batch_grad(name)
@@ -20,6 +21,7 @@ class BatchL2Grad(BackpropExtension):
     """Squared norms of the individual gradients: ``p.batch_l2`` of shape ``[N]``."""
 
     savefield = "batch_l2"
+    per_sample = True
 
     def compute(self, ctx, name):
         return ctx.batch_l2(name)
