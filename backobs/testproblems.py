@@ -12,8 +12,11 @@ runner looks problems up by name), unless that DeepOBS version has them already.
 module turns it into ``0.5 (theta - x)^T Q (theta - x)``.
 """
 
+import sys
+import threading
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -311,6 +314,11 @@ class QuadraticLoss(nn.Module):
         return 0.5 * squared_error
 
 
+# DeepOBS 1.1.2 seeds the module-level generator of its quadratic_deep module with 42.
+_DEEPOBS_QUADRATIC_SEED = 42
+_QUADRATIC_RNG_LOCK = threading.Lock()
+
+
 class quadratic_deep(_deepobs.testproblems.quadratic_deep):
     """DeepOBS's quadratic_deep with a network and loss module the engine differentiates.
 
@@ -324,8 +332,21 @@ class quadratic_deep(_deepobs.testproblems.quadratic_deep):
     """
 
     def set_up(self):
-        """Set up DeepOBS's problem, then re-express its net (see :func:`_rewrite_quadratic`)."""
-        super().set_up()
+        """Set up DeepOBS's problem, then re-express its net (see :func:`_rewrite_quadratic`).
+
+        DeepOBS 1.1.2 draws the Hessian's rotation from a module-level ``RandomState(42)``,
+        so each instance set up in one process would get another Hessian; here every instance
+        gets the one a fresh process's first instance gets (the intended problem), so that a
+        run's numbers do not depend on what its process ran before.
+        """
+        with _QUADRATIC_RNG_LOCK:
+            module = sys.modules[_deepobs.testproblems.quadratic_deep.__module__]
+            shared_rng = module.rng
+            module.rng = np.random.RandomState(_DEEPOBS_QUADRATIC_SEED)
+            try:
+                super().set_up()
+            finally:
+                module.rng = shared_rng
         _rewrite_quadratic(self)
 
     def get_batch_loss_and_accuracy_func(
