@@ -254,12 +254,30 @@ class Derivatives:
         return ModuleIO(io.module, io.input[:batch], io.output[:batch], extra=io.extra)
 
     # ------------------------------------------------------------------ Kronecker factors
-    def kronecker_input_factor(self, io: ModuleIO) -> Tensor:
-        """The input-based Kronecker factor ``A`` of the weight (KFAC, KFLR, KFRA)."""
+    # ``approx`` is the convention for the ``T`` positions that share the weight (see
+    # ``backpack_core.extensions.KFAC``): "backpack", "expand" or "reduce".
+    def kronecker_input_factor(self, io: ModuleIO, approx: str = "backpack") -> Tensor:
+        """The input-based Kronecker factor ``A`` ``[in, in]`` of the weight.
+
+        Args:
+            io: The module call.
+            approx: ``"backpack"``: ``(1/N) sum_{n,t} x x^T``; ``"expand"``: that over
+                ``T``; ``"reduce"``: ``(1/N) sum_n xbar xbar^T``, ``xbar`` the mean over
+                positions.
+        """
         raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
 
-    def kronecker_output_factor(self, io: ModuleIO, mat: Tensor) -> Tensor:
-        """The output-based factor ``B = sum_{v,n} s s^T`` from a factor ``[V, N, *out]``."""
+    def kronecker_output_factor(
+        self, io: ModuleIO, mat: Tensor, approx: str = "backpack"
+    ) -> Tensor:
+        """The output-based factor ``B`` ``[out, out]`` from a factor ``[V, N, *out]``.
+
+        Args:
+            io: The module call.
+            mat: The backpropagated columns ``s``.
+            approx: ``"backpack"``/``"reduce"``: ``sum_{v,n} (sum_t s_t)(sum_t s_t)^T``;
+                ``"expand"``: ``sum_{v,n,t} s_t s_t^T``.
+        """
         raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
 
     def kronecker_output_factor_from_matrix(self, io: ModuleIO, mat: Tensor) -> Tensor:
@@ -300,6 +318,11 @@ class LossDerivatives(Derivatives):
 def flatten_features(tensor: Tensor, leading: int) -> Tensor:
     """Flatten all dimensions after the first ``leading`` ones."""
     return tensor.reshape(*tensor.shape[:leading], -1)
+
+
+def gram(rows: Tensor) -> Tensor:
+    """``rows^T rows`` ``[D, D]`` of a matrix ``[K, D]`` (a fresh tensor)."""
+    return rows.T @ rows
 
 
 def eye_like(size: int, like: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from backpack_core.derivatives.base import (
     Derivatives,
     ModuleIO,
     UnsupportedOperation,
+    gram,
 )
 
 _CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input}
@@ -214,16 +215,23 @@ class ConvolutionDerivatives(Derivatives):
             return (gram_g * gram_u).sum((1, 2, 3))
         return super().batch_l2(io, name, grad_output)
 
-    def kronecker_input_factor(self, io):
+    def kronecker_input_factor(self, io, approx="backpack"):
         if io.module.groups != 1:
             raise UnsupportedOperation("Kronecker factors of grouped convolutions")
         unfolded = self.unfold(io)[:, 0]  # [N, C*K, T]
-        return einsum("nct,ndt->cd", unfolded, unfolded) / io.batch_size
+        positions = unfolded.shape[-1]
+        if approx == "reduce":
+            return gram(unfolded.mean(2)).div_(io.batch_size)
+        scale = io.batch_size * (positions if approx == "expand" else 1)
+        return einsum("nct,ndt->cd", unfolded, unfolded).div_(scale)
 
-    def kronecker_output_factor(self, io, mat):
-        # BackPACK 1.7's convention: sum each column over the output positions first.
+    def kronecker_output_factor(self, io, mat, approx="backpack"):
+        if approx == "expand":
+            columns = mat.flatten(3)  # [V, N, O, T]
+            return einsum("vnot,vnpt->op", columns, columns)
+        # BackPACK 1.7's convention and reduce: sum each column over the positions first.
         summed = mat.flatten(3).sum(3)  # [V, N, O]
-        return einsum("vno,vnp->op", summed, summed)
+        return gram(summed.flatten(0, 1))
 
     def kronecker_output_factor_from_matrix(self, io, mat):
         # ``mat`` is the channel form (``Derivatives.ea_channel_jac_t_mat_jac_prod``): the

@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor, einsum
 
-from backpack_core.derivatives.base import Derivatives, ModuleIO, UnsupportedOperation
+from backpack_core.derivatives.base import Derivatives, ModuleIO, UnsupportedOperation, gram
 
 
 class LinearDerivatives(Derivatives):
@@ -95,15 +95,21 @@ class LinearDerivatives(Derivatives):
         weight = io.module.weight
         return weight.T @ mat @ weight
 
-    def kronecker_input_factor(self, io):
-        x = io.input.reshape(-1, io.input.shape[-1])
-        return x.T @ x / io.batch_size
+    # The extra dimensions of an [N, *, in] input are positions that share the weight, as a
+    # convolution's output positions are; a kernel-1 Conv1d gives the same factors.
+    def kronecker_input_factor(self, io, approx="backpack"):
+        x = io.input.reshape(io.batch_size, -1, io.input.shape[-1])  # [N, T, in]
+        positions = x.shape[1]
+        if approx == "reduce" and positions > 1:
+            return gram(x.mean(1)).div_(io.batch_size)
+        scale = io.batch_size * (positions if approx == "expand" else 1)
+        return gram(x.reshape(-1, x.shape[-1])).div_(scale)
 
-    def kronecker_output_factor(self, io, mat):
-        # Extra dimensions are summed first, the rule convolutions follow for positions
-        # (BackPACK 1.7), so a kernel-1 Conv1d and this layer give the same factors.
-        summed = mat.reshape(*mat.shape[:2], -1, mat.shape[-1]).sum(2).flatten(0, 1)
-        return summed.T @ summed
+    def kronecker_output_factor(self, io, mat, approx="backpack"):
+        columns = mat.reshape(*mat.shape[:2], -1, mat.shape[-1])  # [V, N, T, out]
+        if approx != "expand":
+            columns = columns.sum(2)
+        return gram(columns.reshape(-1, columns.shape[-1]))
 
     def kronecker_output_factor_from_matrix(self, io, mat):
         if not self._plain(io):

@@ -112,44 +112,113 @@ class BatchDiagHessian(DiagHessian):
     sum_batch = False
 
 
+#: The conventions for the Kronecker factors of layers with weight sharing (convolutions, and
+#: Linear layers on inputs with extra dimensions), see :class:`KFAC`.
+KFAC_APPROXIMATIONS = ("backpack", "expand", "reduce")
+
+
+def _check_kfac_approx(kfac_approx) -> str:
+    if not isinstance(kfac_approx, str) or kfac_approx not in KFAC_APPROXIMATIONS:
+        choices = ", ".join(repr(choice) for choice in KFAC_APPROXIMATIONS)
+        raise ValueError(f"kfac_approx must be one of {choices}, got {kfac_approx!r}")
+    return kfac_approx
+
+
 class _Kronecker(BackpropExtension):
     """``[B, A]`` for a weight (``B`` over outputs, ``A`` over inputs), ``[B]`` for a bias.
 
-    ``A = (1/N) sum_n x_n x_n^T`` (convolutions: unfolded inputs, summed over positions);
-    ``B = sum_{v,n} s s^T`` over the columns ``s`` of the backpropagated factor (they carry
-    the loss's reduction scale; convolutions: each column summed over the output positions
-    first, as BackPACK 1.7 does), so that ``B kron A`` approximates the weight's GGN block.
+    ``B kron A`` approximates the weight's GGN block; see :class:`KFAC` for how the factors
+    treat the positions of a layer with weight sharing.
     """
+
+    kfac_approx = "backpack"
 
     def output_factor(self, ctx):
         factor = ctx.quantities[self.quantities()[0].key]
-        return ctx.derivatives.kronecker_output_factor(ctx.io, factor)
+        return ctx.derivatives.kronecker_output_factor(ctx.io, factor, self.kfac_approx)
 
     def compute(self, ctx, name):
-        output_factor = ctx.memo(("kron_B", self.savefield), lambda: self.output_factor(ctx))
+        output_factor = ctx.memo(
+            ("kron_B", self.savefield, self.kfac_approx), lambda: self.output_factor(ctx)
+        )
         if name == "bias":
             return [output_factor]
-        input_factor = ctx.memo("kron_A", lambda: ctx.derivatives.kronecker_input_factor(ctx.io))
+        input_factor = ctx.memo(
+            ("kron_A", self.kfac_approx),
+            lambda: ctx.derivatives.kronecker_input_factor(ctx.io, self.kfac_approx),
+        )
         return [output_factor, input_factor]
 
 
 class KFLR(_Kronecker):
-    """Kronecker factors of the exact GGN (Botev et al., 2017): ``p.kflr``."""
+    """Kronecker factors of the exact GGN (Botev et al., 2017): ``p.kflr``.
+
+    Args:
+        kfac_approx: How positions of layers with weight sharing enter the factors:
+            ``"backpack"`` (default), ``"expand"`` or ``"reduce"``, see :class:`KFAC`.
+            With ``"expand"``/``"reduce"`` the factors equal curvlinops'
+            ``KFACLinearOperator`` with ``fisher_type="type-2"``.
+
+    Raises:
+        ValueError: If ``kfac_approx`` is not one of these.
+    """
 
     savefield = "kflr"
 
+    def __init__(self, kfac_approx: str = "backpack"):
+        self.kfac_approx = _check_kfac_approx(kfac_approx)
+
     def quantities(self):
         return (SqrtGGNExact(),)
+
+    def __repr__(self) -> str:
+        return f"KFLR(kfac_approx={self.kfac_approx!r})"
 
 
 class KFAC(_MonteCarlo, _Kronecker):
     """Kronecker factors of the Monte-Carlo GGN (Martens & Grosse, 2015): ``p.kfac``.
 
+    A weight gets ``[B, A]`` (``B``: ``[out, out]``; ``A``: ``[in, in]``, for a convolution
+    over the unfolded input, ``C_in * prod(kernel)``), a bias ``[B]``. With ``x`` the layer's
+    input (a convolution: its unfolded patches) and ``s`` the columns of the backpropagated
+    GGN factor w.r.t. the layer's output (they carry the loss's reduction scale, ``1/N`` for
+    a mean), for ``N`` samples and ``T`` positions that share the weight (a convolution's
+    output positions; the extra dimensions of a Linear layer's ``[N, *, in]`` input):
+
+    - ``"backpack"`` (default, BackPACK 1.7's convention): ``A = (1/N) sum_{n,t} x x^T``,
+      ``B = sum_{v,n} (sum_t s_t)(sum_t s_t)^T``. This mixes the two below (``A`` of
+      expand times ``T``, ``B`` of reduce), so ``B kron A`` overestimates a layer's GGN
+      block by about ``T``: on one conv layer ``tr(B) tr(A)`` over the trace of the exact
+      block was 10.9 with 16 output positions.
+    - ``"expand"`` (KFC, Grosse & Martens, 2016): ``A = (1/(N T)) sum_{n,t} x x^T``,
+      ``B = sum_{v,n,t} s_t s_t^T``. Exact when the output derivatives are uncorrelated
+      across positions and alike at each.
+    - ``"reduce"`` (Eschenhagen et al., 2023): ``A = (1/N) sum_n xbar xbar^T`` with
+      ``xbar = (1/T) sum_t x_t``, ``B`` as for ``"backpack"``. Exact when the input is the
+      same at every position; cheaper than expand (``A`` from ``N`` instead of ``N T``
+      vectors).
+
+    Without weight sharing (``T = 1``) the three coincide. ``"expand"`` and ``"reduce"``
+    are curvlinops' ``KFACLinearOperator`` definitions (type-2 for :class:`KFLR`), the bias
+    included (it gets the convention's ``B``).
+
     Args:
         mc_samples: Samples from the model's predictive distribution per data point.
+        kfac_approx: ``"backpack"``, ``"expand"`` or ``"reduce"``.
+
+    Raises:
+        ValueError: If ``mc_samples`` is not a positive integer or ``kfac_approx`` is not
+            one of the three.
     """
 
     savefield = "kfac"
+
+    def __init__(self, mc_samples: int = 1, kfac_approx: str = "backpack"):
+        super().__init__(mc_samples)
+        self.kfac_approx = _check_kfac_approx(kfac_approx)
+
+    def __repr__(self) -> str:
+        return f"KFAC(mc_samples={self.mc_samples}, kfac_approx={self.kfac_approx!r})"
 
 
 class KFRA(_Kronecker):
@@ -160,6 +229,11 @@ class KFRA(_Kronecker):
     feature maps a ``[C, C]`` channel matrix under the spatial-homogeneity assumption of
     Kronecker-factored convolutions (see :class:`backpack_core.quantities.KFRAMatrix`), so
     that KFRA runs on conv nets in the memory of an ordinary machine.
+
+    KFRA keeps its own form and has no ``kfac_approx``: its ``A`` is that of
+    ``KFLR(kfac_approx="backpack")``, its ``B`` the curvature of the position-summed output
+    (as in the ``"backpack"``/``"reduce"`` ``B``), so on conv layers it shares the
+    ``"backpack"`` convention's scale (on a single layer it equals that KFLR).
 
     Args:
         max_bytes: Largest dense matrix KFRA may form (default: the engine's limit, see

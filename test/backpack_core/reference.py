@@ -340,6 +340,58 @@ def _sum_over_positions(ggn: Tensor, module: nn.Module) -> Tensor:
     return torch.einsum("cpdq->cd", ggn)
 
 
+def _diagonal_positions(ggn: Tensor, module: nn.Module) -> Tensor:
+    """Reduce a per-sample output GGN ``[*z, *z]`` to ``[C_out, C_out]`` over equal positions.
+
+    ``sum_t G[t, t]``: the pairs of different positions are dropped (KFAC-expand).
+    """
+    z_shape = ggn.shape[: ggn.dim() // 2]
+    if isinstance(module, nn.Linear):
+        channels = z_shape[-1]
+        ggn = ggn.reshape(-1, channels, z_shape.numel() // channels, channels)
+        return torch.einsum("pcpd->cd", ggn)
+    channels = z_shape[0]
+    ggn = ggn.reshape(channels, -1, channels, z_shape.numel() // channels)
+    return torch.einsum("cpdp->cd", ggn)
+
+
+def kronecker_factors(
+    model: nn.Module,
+    lossfunc: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    module: nn.Module,
+    kfac_approx: str,
+) -> List[Tensor]:
+    """The exact-GGN Kronecker factors ``[B, A]`` of a layer in one of three conventions.
+
+    With ``G_n`` the exact per-sample GGN w.r.t. the layer's output and ``u_{n,t}`` its
+    (unfolded) input at the ``T`` positions that share the weight:
+
+    - ``"backpack"``: ``B = sum_n sum_{t,t'} G_n[t,t']``, ``A = (1/N) sum_{n,t} u u^T``;
+    - ``"expand"``: ``B = sum_n sum_t G_n[t,t]``, ``A = (1/(N T)) sum_{n,t} u u^T``;
+    - ``"reduce"``: ``B`` as backpack, ``A = (1/N) sum_n ubar ubar^T``, ``ubar`` the mean
+      of ``u_{n,t}`` over ``t``.
+
+    Returns:
+        ``[B, A]``, ``B`` of shape ``[out, out]``, ``A`` of shape ``[fan_in, fan_in]``.
+    """
+    ggns = output_ggns(model, lossfunc, X, y, module)
+    if kfac_approx == "expand":
+        B = sum(_diagonal_positions(g, module) for g in ggns)
+    else:
+        B = sum(_sum_over_positions(g, module) for g in ggns)
+    columns = [_unfolded_input(module, _module_io(model, module, x.unsqueeze(0))[0]) for x in X]
+    if kfac_approx == "reduce":
+        means = [u.mean(0, keepdim=True) for u in columns]
+        A = sum(m.T @ m for m in means) / X.shape[0]
+    else:
+        A = sum(u.T @ u for u in columns) / X.shape[0]
+        if kfac_approx == "expand":
+            A = A / columns[0].shape[0]
+    return [B, A]
+
+
 def kflr_factors(
     model: nn.Module, lossfunc: nn.Module, X: Tensor, y: Tensor, module: nn.Module
 ) -> List[Tensor]:

@@ -168,6 +168,7 @@ SETTINGS = [
     Setting("linear-extradims-mse-mean", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "mean"),
     Setting("linear-extradims-mse-sum", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "sum"),
     Setting("linear-extradims-flatten-ce-mean", linear_extra_dims_net, (3, 2, 4)),
+    Setting("linear-extradims-flatten-ce-sum", linear_extra_dims_net, (3, 2, 4), "ce", "sum"),
     Setting(
         "deep-linear-ce-mean",
         lambda: nn.Sequential(
@@ -265,6 +266,15 @@ SETTINGS = [
         "conv2d-mse-sum",
         lambda: nn.Sequential(nn.Conv2d(2, 2, 2), nn.Flatten()),
         (2, 2, 3, 3),
+        "mse",
+        "sum",
+    ),
+    Setting(
+        "conv2d-padding-relu-conv-mse-sum",
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 2), nn.Flatten()
+        ),
+        (2, 2, 4, 4),
         "mse",
         "sum",
     ),
