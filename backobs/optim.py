@@ -1,0 +1,566 @@
+"""Optimizers to benchmark: damped Newton steps on the curvatures of ``backpack_core``.
+
+:class:`DampedNewton` is the family that the BackPACK paper (Dangel, Kunstner & Hennig,
+ICLR 2020) benchmarked on DeepOBS: ``θ ← θ − lr · (C + damping·I)⁻¹ ∇L`` with ``C`` one of
+
+===================  =====================================================================
+``"diag_ggn_exact"`` diagonal of the generalised Gauss-Newton (``DiagGGNExact``)
+``"diag_ggn_mc"``    its Monte-Carlo estimate (``DiagGGNMC``)
+``"kfac"``           Kronecker factors of the Monte-Carlo GGN (``KFAC``)
+``"kflr"``           Kronecker factors of the exact GGN (``KFLR``)
+``"kfra"``           recursively batch-averaged Kronecker factors (``KFRA``)
+``"zero"``           ``C = 0``: SGD with the step ``lr / damping`` (the paper's control)
+===================  =====================================================================
+
+The optimizer reads the quantity from each parameter in ``step()``, so the backward pass
+before it must run inside ``with backpack(*optimizer.extensions()):``; it works on any model
+extended with :func:`backpack_core.extend`, in the runner or in a loop of your own.
+
+:data:`OPTIMIZERS` is the registry that ``backobs run --optimizer NAME`` uses: these six and
+the first-order baselines ``"sgd"``, ``"momentum"`` and ``"adam"`` (``torch.optim`` with
+DeepOBS's hyperparameter names), each with its hyperparameters in DeepOBS's format.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from backpack_core.extensions import KFAC, KFLR, KFRA, DiagGGNExact, DiagGGNMC
+
+__all__ = [
+    "CURVATURES",
+    "KFAC_APPROXIMATIONS",
+    "DampedNewton",
+    "NonFiniteUpdateError",
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "check_hyperparameters",
+    "make_optimizer",
+    "required_extensions",
+]
+
+CURVATURES = ("diag_ggn_exact", "diag_ggn_mc", "kfac", "kflr", "kfra", "zero")
+"""The curvature names :class:`DampedNewton` accepts."""
+
+KFAC_APPROXIMATIONS = ("backpack", "expand", "reduce")
+"""Conventions of KFAC and KFLR for layers with weight sharing (convolutions)."""
+
+_DIAGONAL = ("diag_ggn_exact", "diag_ggn_mc")
+_KRONECKER = ("kfac", "kflr", "kfra")
+_MONTE_CARLO = ("diag_ggn_mc", "kfac")
+
+
+class NonFiniteUpdateError(ArithmeticError):
+    """A curvature or an update of :class:`DampedNewton` is not finite.
+
+    Raised by ``step()`` before any parameter changes; the message names the parameter. A
+    training loop treats it as divergence (as DeepOBS treats a non-finite loss).
+    """
+
+
+class DampedNewton(torch.optim.Optimizer):
+    r"""Damped Newton steps ``θ ← θ − lr · (C + damping·I)⁻¹ ∇L`` with a curvature ``C`` by name.
+
+    Diagonal curvatures divide the gradient elementwise by ``C + damping``. Kronecker
+    curvatures (``p.kfac``, ``p.kflr``, ``p.kfra`` = ``[B, A]`` for a weight, ``B`` over its
+    outputs, ``A`` over its inputs) are inverted factor by factor, never forming ``B ⊗ A``,
+    with the factored Tikhonov damping of Martens & Grosse (2015, §6.3)::
+
+        (B + damping^½ / π · I) ⊗ (A + π · damping^½ · I),
+        π = sqrt((tr(A) / dim A) / (tr(B) / dim B)),
+
+    so that the weight's step is ``(B + ...)⁻¹ G (A + ...)⁻¹`` for its gradient ``G`` shaped
+    ``[out, in]`` (a convolution's ``[C_out, C_in·k·k]``). A bias (one factor ``B``) gets
+    ``(B + damping·I)⁻¹ g``. ``π`` is 1 where a factor has a zero trace (no signal reached
+    the layer). The factors' inverses are computed in float64 (Cholesky; an
+    eigendecomposition with the negative round-off eigenvalues cut at zero when the
+    Cholesky factorisation fails), so singular factors (the cross-entropy Hessian's factor
+    always is; constant border pixels make ``A`` singular) survive any positive damping.
+
+    With the defaults each step uses the current mini-batch's curvature only, exactly the
+    formula above. Two options change that:
+
+    - ``ema_decay = β > 0``: ``C`` is the bias-corrected exponential moving average of the
+      curvatures seen so far, ``C̄_t = β C̄_{t-1} + (1 − β) C_t``, ``C = C̄_t / (1 − β^t)``
+      (Kronecker curvatures: of each factor, ``π`` from the averaged factors);
+    - ``inverse_interval = k > 1``: the damped inverse (``1 / (C + damping)`` for the
+      diagonals) is recomputed only at steps 1, k + 1, 2k + 1, ... and reused in between
+      with the current gradient. Without the moving average the steps in between need no
+      curvature at all, and :meth:`extensions` returns none for them.
+
+    ``step()`` consumes the quantity (removes the attribute from the parameter), so a step
+    after a backward pass outside ``backpack(*optimizer.extensions())`` raises instead of
+    reusing an old curvature. A non-finite curvature or update raises
+    :class:`NonFiniteUpdateError` before any parameter is changed.
+
+    Example::
+
+        optimizer = DampedNewton(model.parameters(), "kfac", lr=0.1, damping=1e-3)
+        for inputs, labels in batches:
+            optimizer.zero_grad()
+            loss = lossfunc(model(inputs), labels)
+            with backpack(*optimizer.extensions()):
+                loss.backward()
+            optimizer.step()
+
+    Args:
+        params: Parameters or parameter groups (``model.named_parameters()`` names them in
+            error messages).
+        curvature (str): One of :data:`CURVATURES`.
+        lr (float): Step size, ``>= 0``.
+        damping (float): Added to the curvature, ``> 0``.
+        ema_decay (float): ``β`` of the moving average in ``[0, 1)``; 0 (default) uses the
+            current curvature only.
+        inverse_interval (int): Recompute the damped inverses every this many steps
+            (default 1: every step).
+        kfac_approx (str): For ``"kfac"`` and ``"kflr"``: the convention for layers with
+            weight sharing passed to the extension, one of :data:`KFAC_APPROXIMATIONS`
+            (default ``"expand"``, curvlinops' KFAC-expand: a convolution is a linear layer
+            applied at N·positions samples). Ignored by the other curvatures.
+        mc_samples (int): For ``"kfac"`` and ``"diag_ggn_mc"``: Monte-Carlo samples per
+            data point (default 1).
+
+    Raises:
+        ValueError: For an unknown curvature or ``kfac_approx``, or a hyperparameter out
+            of range or not finite; the message names it and what it accepts.
+    """
+
+    def __init__(
+        self,
+        params,
+        curvature,
+        lr,
+        damping,
+        ema_decay=0.0,
+        inverse_interval=1,
+        kfac_approx="expand",
+        mc_samples=1,
+    ):
+        if curvature not in CURVATURES:
+            raise ValueError(
+                f"unknown curvature {curvature!r}; choose one of {', '.join(CURVATURES)}"
+            )
+        values = {
+            "lr": lr,
+            "damping": damping,
+            "ema_decay": ema_decay,
+            "inverse_interval": inverse_interval,
+            "kfac_approx": kfac_approx,
+            "mc_samples": mc_samples,
+        }
+        for name, value in values.items():
+            values[name] = _check_value(name, value, _HYPERPARAMETER_TYPES[name])
+        self.curvature = curvature
+        self.kfac_approx = values.pop("kfac_approx")
+        self.mc_samples = values.pop("mc_samples")
+        super().__init__(params, values)
+
+    def extensions(self):
+        """Fresh instances of the extensions that the next ``step()`` needs.
+
+        Call it before every backward pass (``with backpack(*optimizer.extensions()):``): with
+        ``inverse_interval > 1`` and no moving average, the steps between two inverse
+        computations need no curvature, and the list is empty.
+
+        Returns:
+            list: E.g. ``[KFAC(mc_samples=1, kfac_approx="expand")]``; ``[]`` for ``"zero"``.
+        """
+        if self.curvature == "zero" or not self._next_step_needs_curvature():
+            return []
+        if self.curvature == "diag_ggn_exact":
+            return [DiagGGNExact()]
+        if self.curvature == "diag_ggn_mc":
+            return [DiagGGNMC(mc_samples=self.mc_samples)]
+        if self.curvature == "kfac":
+            return [KFAC(mc_samples=self.mc_samples, kfac_approx=self.kfac_approx)]
+        if self.curvature == "kflr":
+            return [KFLR(kfac_approx=self.kfac_approx)]
+        return [KFRA()]
+
+    def _next_step_needs_curvature(self):
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.requires_grad and _needs_curvature(
+                    group, self.state[parameter].get("step", 0) + 1
+                ):
+                    return True
+        return False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Take one damped Newton step with the curvature of the last backward pass.
+
+        Args:
+            closure: Not supported (the curvature comes from the backward pass before).
+
+        Returns:
+            None
+
+        Raises:
+            RuntimeError: If a parameter with a gradient lacks the curvature attribute (the
+                backward pass ran outside ``backpack(*optimizer.extensions())``).
+            NonFiniteUpdateError: If a curvature or an update is not finite; no parameter
+                has changed then.
+        """
+        if closure is not None:
+            raise ValueError(
+                "DampedNewton.step() takes no closure: run the backward pass inside "
+                "backpack(*optimizer.extensions()), then call step()."
+            )
+        # Everything is computed and checked before the first parameter changes.
+        updates = []
+        for group_index, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for index, parameter in enumerate(group["params"]):
+                if parameter.grad is None:
+                    continue
+                name = _describe(parameter, names[index] if names else None, index, group_index)
+                new_state, direction = self._direction(parameter, group, name)
+                if not torch.isfinite(direction).all():
+                    raise NonFiniteUpdateError(
+                        f"the update of {name} is not finite (gradient or curvature too large, "
+                        "or damping too small); no parameter was changed."
+                    )
+                updates.append((parameter, new_state, direction, group["lr"]))
+        for parameter, new_state, direction, lr in updates:
+            self.state[parameter].update(new_state)
+            parameter.sub_(direction, alpha=lr)
+
+    def _direction(self, parameter, group, name):
+        """The new state of ``parameter`` and ``(C + damping·I)⁻¹ g``, not yet applied."""
+        state = self.state[parameter]
+        step = state.get("step", 0) + 1
+        new_state = {"step": step}
+        damping = group["damping"]
+        grad = parameter.grad
+        if self.curvature == "zero":
+            return new_state, grad / damping
+        if not _needs_curvature(group, step):
+            if hasattr(parameter, self.curvature):
+                delattr(parameter, self.curvature)  # not needed, but must not go stale
+            return new_state, self._apply(state["inverse"], grad)
+        curvature = self._take_curvature(parameter, name)
+        decay = group["ema_decay"]
+        if decay > 0:
+            previous = state.get("average")
+            if previous is None:
+                average = [(1 - decay) * c for c in curvature]
+            else:
+                average = [decay * p + (1 - decay) * c for p, c in zip(previous, curvature)]
+            new_state["average"] = average
+            correction = 1 - decay**step
+            curvature = [a / correction for a in average]
+        if (step - 1) % group["inverse_interval"] == 0:
+            inverse = self._damped_inverse(curvature, damping, parameter)
+            new_state["inverse"] = inverse
+        else:
+            inverse = state["inverse"]
+        return new_state, self._apply(inverse, grad)
+
+    def _take_curvature(self, parameter, name):
+        """The curvature as a list of tensors (one for a diagonal), removed from ``parameter``."""
+        savefield = self.curvature
+        value = getattr(parameter, savefield, None)
+        if value is None:
+            extension = self.extensions() or "the curvature extension"
+            raise RuntimeError(
+                f"{name} has a gradient but no .{savefield}: the backward pass ran without "
+                f"{extension}. Run it inside `with backpack(*optimizer.extensions()):` on a "
+                "model (and loss) extended with backpack_core.extend, and call "
+                "optimizer.extensions() again before every backward pass."
+            )
+        delattr(parameter, savefield)
+        curvature = [value] if self.curvature in _DIAGONAL else list(value)
+        for tensor in curvature:
+            if not torch.isfinite(tensor).all():
+                raise NonFiniteUpdateError(
+                    f"the curvature .{savefield} of {name} is not finite; no parameter was changed."
+                )
+        return curvature
+
+    def _damped_inverse(self, curvature, damping, parameter):
+        if self.curvature in _DIAGONAL:
+            return [1.0 / (curvature[0] + damping)]
+        if len(curvature) == 1:  # a bias: [B]
+            return [_inverse(curvature[0], damping, parameter.dtype)]
+        output_factor, input_factor = curvature
+        pi = _pi(input_factor, output_factor)
+        root = math.sqrt(damping)
+        return [
+            _inverse(output_factor, root / pi, parameter.dtype),
+            _inverse(input_factor, root * pi, parameter.dtype),
+        ]
+
+    def _apply(self, inverse, grad):
+        if self.curvature in _DIAGONAL:
+            return grad * inverse[0]
+        if len(inverse) == 1:
+            return (inverse[0] @ grad.reshape(grad.shape[0], -1)).reshape(grad.shape)
+        output_inverse, input_inverse = inverse
+        matrix = grad.reshape(output_inverse.shape[0], input_inverse.shape[0])
+        return (output_inverse @ matrix @ input_inverse).reshape(grad.shape)
+
+
+def _needs_curvature(group, step):
+    return group["ema_decay"] > 0 or (step - 1) % group["inverse_interval"] == 0
+
+
+def _describe(parameter, name, index, group_index):
+    shape = tuple(parameter.shape)
+    if name is not None:
+        return f"parameter {name!r} (shape {shape})"
+    return f"parameter {index} of parameter group {group_index} (shape {shape})"
+
+
+def _pi(input_factor, output_factor):
+    """Martens & Grosse's π from the trace norms; 1 if a trace is not positive."""
+    input_norm = input_factor.diagonal().sum().item() / input_factor.shape[0]
+    output_norm = output_factor.diagonal().sum().item() / output_factor.shape[0]
+    if input_norm <= 0 or output_norm <= 0:
+        return 1.0
+    return math.sqrt(input_norm / output_norm)
+
+
+def _inverse(factor, shift, dtype):
+    """``(factor + shift·I)⁻¹`` of a symmetric positive semi-definite factor, in float64."""
+    matrix = factor.to(torch.float64)
+    matrix = (matrix + matrix.T) / 2
+    shifted = matrix + shift * torch.eye(matrix.shape[0], dtype=torch.float64, device=matrix.device)
+    cholesky, info = torch.linalg.cholesky_ex(shifted)
+    if info.item() == 0:
+        inverse = torch.cholesky_inverse(cholesky)
+    else:
+        # Round-off made the factor slightly indefinite: drop its negative eigenvalues.
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+        inverse = (eigenvectors / (eigenvalues.clamp(min=0) + shift)) @ eigenvectors.T
+    return inverse.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer as ``backobs run`` knows it.
+
+    Attributes:
+        name (str): The name given to ``--optimizer`` (also the results folder's name).
+        hyperparameters (dict): DeepOBS's format, e.g. ``{"lr": {"type": float},
+            "damping": {"type": float, "default": 1e-3}}``; an entry without ``"default"``
+            is required.
+        build (Callable): ``build(params, **hyperparameters)`` returns the
+            ``torch.optim.Optimizer``.
+        description (str): One line for help texts.
+    """
+
+    name: str
+    hyperparameters: dict
+    build: Callable
+    description: str
+
+
+def _nonnegative(value):
+    return value >= 0, "must be >= 0"
+
+
+def _positive(value):
+    return value > 0, "must be > 0"
+
+
+def _unit_interval(value):
+    return 0 <= value < 1, "must be in [0, 1)"
+
+
+def _one_of(choices):
+    def check(value):
+        return value in choices, f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+_RANGES = {
+    "lr": _nonnegative,
+    "damping": _positive,
+    "momentum": _unit_interval,
+    "beta1": _unit_interval,
+    "beta2": _unit_interval,
+    "epsilon": _nonnegative,
+    "ema_decay": _unit_interval,
+    "inverse_interval": _positive,
+    "mc_samples": _positive,
+    "kfac_approx": _one_of(KFAC_APPROXIMATIONS),
+}
+
+_HYPERPARAMETER_TYPES = {
+    "lr": float,
+    "damping": float,
+    "ema_decay": float,
+    "inverse_interval": int,
+    "kfac_approx": str,
+    "mc_samples": int,
+}
+
+
+def _check_value(name, value, kind):
+    """``value`` converted to ``kind`` and checked against the range of ``name``."""
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"hyperparameter {name} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"hyperparameter {name} must be finite, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"hyperparameter {name} must be an integer, got {value!r}")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"hyperparameter {name} must be True or False, got {value!r}")
+    elif not isinstance(value, kind):
+        raise ValueError(f"hyperparameter {name} must be a {kind.__name__}, got {value!r}")
+    if name in _RANGES:
+        valid, requirement = _RANGES[name](value)
+        if not valid:
+            raise ValueError(f"hyperparameter {name} {requirement}, got {value!r}")
+    return value
+
+
+def _sgd(params, lr):
+    return torch.optim.SGD(params, lr=lr)
+
+
+def _momentum(params, lr, momentum, nesterov):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def _adam(params, lr, beta1, beta2, epsilon):
+    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=epsilon)
+
+
+def _damped_newton(curvature):
+    def build(params, **hyperparameters):
+        return DampedNewton(params, curvature, **hyperparameters)
+
+    return build
+
+
+def _curvature_spec(curvature, description):
+    hyperparameters = {"lr": {"type": float}, "damping": {"type": float, "default": 1e-3}}
+    if curvature != "zero":
+        hyperparameters["ema_decay"] = {"type": float, "default": 0.0}
+        hyperparameters["inverse_interval"] = {"type": int, "default": 1}
+    if curvature in _MONTE_CARLO:
+        hyperparameters["mc_samples"] = {"type": int, "default": 1}
+    if curvature in ("kfac", "kflr"):
+        hyperparameters["kfac_approx"] = {"type": str, "default": "expand"}
+    return OptimizerSpec(curvature, hyperparameters, _damped_newton(curvature), description)
+
+
+OPTIMIZERS = {
+    "sgd": OptimizerSpec("sgd", {"lr": {"type": float}}, _sgd, "torch.optim.SGD without momentum"),
+    "momentum": OptimizerSpec(
+        "momentum",
+        {
+            "lr": {"type": float},
+            "momentum": {"type": float, "default": 0.99},
+            "nesterov": {"type": bool, "default": False},
+        },
+        _momentum,
+        "torch.optim.SGD with (heavy-ball or Nesterov) momentum",
+    ),
+    "adam": OptimizerSpec(
+        "adam",
+        {
+            "lr": {"type": float},
+            "beta1": {"type": float, "default": 0.9},
+            "beta2": {"type": float, "default": 0.999},
+            "epsilon": {"type": float, "default": 1e-8},
+        },
+        _adam,
+        "torch.optim.Adam (betas=(beta1, beta2), eps=epsilon)",
+    ),
+    "diag_ggn_exact": _curvature_spec(
+        "diag_ggn_exact", "damped Newton with the exact GGN diagonal (DiagGGNExact)"
+    ),
+    "diag_ggn_mc": _curvature_spec(
+        "diag_ggn_mc", "damped Newton with the Monte-Carlo GGN diagonal (DiagGGNMC)"
+    ),
+    "kfac": _curvature_spec("kfac", "damped Newton with KFAC's Kronecker factors"),
+    "kflr": _curvature_spec("kflr", "damped Newton with KFLR's Kronecker factors"),
+    "kfra": _curvature_spec("kfra", "damped Newton with KFRA's Kronecker factors"),
+    "zero": _curvature_spec("zero", "C = 0: SGD with the step lr / damping (a control)"),
+}
+"""Every optimizer ``backobs run --optimizer NAME`` accepts, by name."""
+
+
+def _spec(name):
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
+
+
+def check_hyperparameters(name, hyperparams):
+    """Validate an optimizer's hyperparameters and fill in the defaults.
+
+    Args:
+        name (str): A key of :data:`OPTIMIZERS`.
+        hyperparams (dict): Hyperparameter values by name.
+
+    Returns:
+        dict: Every hyperparameter of the optimizer, given or default, converted to its type.
+
+    Raises:
+        ValueError: For an unknown optimizer, an unknown or missing hyperparameter, or a
+            value of the wrong type, out of range or not finite; the message names it and
+            what it accepts.
+    """
+    spec = _spec(name)
+    unknown = sorted(set(hyperparams) - set(spec.hyperparameters))
+    if unknown:
+        raise ValueError(
+            f"optimizer {name!r} has no hyperparameter {unknown[0]!r}; its hyperparameters "
+            f"are {', '.join(spec.hyperparameters)}"
+        )
+    checked = {}
+    for hyperparameter, entry in spec.hyperparameters.items():
+        if hyperparameter in hyperparams:
+            value = hyperparams[hyperparameter]
+        elif "default" in entry:
+            value = entry["default"]
+        else:
+            raise ValueError(f"optimizer {name!r} needs the hyperparameter {hyperparameter}")
+        checked[hyperparameter] = _check_value(hyperparameter, value, entry["type"])
+    return checked
+
+
+def make_optimizer(name, params, **hyperparams):
+    """Build the optimizer ``name`` of :data:`OPTIMIZERS` on ``params``.
+
+    Args:
+        name (str): E.g. ``"kfac"`` or ``"sgd"``.
+        params: Parameters or parameter groups.
+        **hyperparams: Its hyperparameters (defaults fill the missing ones).
+
+    Returns:
+        torch.optim.Optimizer: The optimizer.
+
+    Raises:
+        ValueError: See :func:`check_hyperparameters`.
+    """
+    return _spec(name).build(params, **check_hyperparameters(name, hyperparams))
+
+
+def required_extensions(optimizer):
+    """The extensions the optimizer's next step needs: ``optimizer.extensions()``, or ``[]``.
+
+    Args:
+        optimizer: Any ``torch.optim.Optimizer``.
+
+    Returns:
+        list: Fresh extension instances.
+    """
+    extensions = getattr(optimizer, "extensions", None)
+    return list(extensions()) if callable(extensions) else []
