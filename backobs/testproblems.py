@@ -317,6 +317,8 @@ class QuadraticLoss(nn.Module):
 # DeepOBS 1.1.2 seeds the module-level generator of its quadratic_deep module with 42.
 _DEEPOBS_QUADRATIC_SEED = 42
 _QUADRATIC_RNG_LOCK = threading.Lock()
+# Looked up once: the runner may put BackOBS's class under DeepOBS's name for a run.
+_DEEPOBS_QUADRATIC_MODULE = sys.modules[_deepobs.testproblems.quadratic_deep.__module__]
 
 
 class quadratic_deep(_deepobs.testproblems.quadratic_deep):
@@ -340,7 +342,7 @@ class quadratic_deep(_deepobs.testproblems.quadratic_deep):
         run's numbers do not depend on what its process ran before.
         """
         with _QUADRATIC_RNG_LOCK:
-            module = sys.modules[_deepobs.testproblems.quadratic_deep.__module__]
+            module = _DEEPOBS_QUADRATIC_MODULE
             shared_rng = module.rng
             module.rng = np.random.RandomState(_DEEPOBS_QUADRATIC_SEED)
             try:

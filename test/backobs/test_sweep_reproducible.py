@@ -5,6 +5,7 @@ Hessian's rotation from a module-level ``RandomState(42)``, so without care ever
 instance in a process is another problem.
 """
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 import backobs
-from backobs import _deepobs
+from backobs import _deepobs, runs
 
 
 def _first_instance_hessian_of_a_fresh_process(tmp_path):
@@ -54,3 +55,26 @@ def test_quadratic_deep_leaves_deepobs_generator_alone():
     backobs.get_problem_class("quadratic_deep")(4).set_up()
     after = module.rng.get_state()[1], module.rng.get_state()[2]
     assert np.array_equal(before[0], after[0]) and before[1] == after[1]
+
+
+def _losses(outcome):
+    with open(outcome["path"]) as stream:
+        results = json.load(stream)
+    return results["train_losses"], results["valid_losses"], results["minibatch_train_losses"]
+
+
+def test_a_run_repeated_in_one_process_gives_the_same_numbers(tmp_path):
+    # as in a sweep worker: a run, another run, then the first again (another output folder)
+    settings = dict(batch_size=4, num_epochs=1, steps_per_epoch=2, eval_batches=2)
+    settings["synthetic_data"] = True
+
+    def run(lr, folder):
+        return runs.Run(
+            "quadratic_deep", "sgd", {"lr": lr}, output_dir=str(tmp_path / folder), **settings
+        )
+
+    first = _losses(runs.execute(run(0.01, "first"), verbose=False))
+    runs.execute(run(0.1, "other"), verbose=False)
+    again = _losses(runs.execute(run(0.01, "again"), verbose=False))
+    assert first == again
+    assert all(first)
