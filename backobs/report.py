@@ -64,6 +64,8 @@ __all__ = [
     "read_results",
     "aggregate",
     "build_report",
+    "format_hyperparams",
+    "tuned_hyperparams",
     "summary_table",
     "settings_table",
     "markdown_table",
@@ -579,6 +581,25 @@ def format_hyperparams(hyperparams):
     return ", ".join(f"{name}={_format_value(value)}" for name, value in hyperparams.items())
 
 
+def tuned_hyperparams(setting, settings):
+    """The hyperparameters of ``setting`` that differ between ``settings`` (all if none do).
+
+    Args:
+        setting (Setting): One of ``settings``.
+        settings (list[Setting]): The settings of the same optimizer on the same problem.
+
+    Returns:
+        dict: The tuned hyperparameters and their values in ``setting``; the defaults that
+        every setting shares are left out so that tables and legends stay readable.
+    """
+    tuned = {
+        name: value
+        for name, value in setting.hyperparams.items()
+        if len({_format_value(other.hyperparams.get(name)) for other in settings}) > 1
+    }
+    return tuned or dict(setting.hyperparams)
+
+
 def _format_value(value):
     if isinstance(value, float):
         return f"{value:g}"
@@ -600,8 +621,9 @@ def summary_table(reports):
         reports (dict[str, ProblemReport]): As :func:`build_report` returns them.
 
     Returns:
-        pandas.DataFrame: Columns ``problem``, ``optimizer``, ``hyperparameters``,
-        ``seeds``, ``settings`` (number tried), ``ranked_by`` (e.g. ``"final
+        pandas.DataFrame: Columns ``problem``, ``optimizer``, ``hyperparameters`` (those
+        tuned, see :func:`tuned_hyperparams`), ``all_hyperparameters``, ``seeds``,
+        ``settings`` (number tried), ``ranked_by`` (e.g. ``"final
         valid_accuracies"``), ``score``, ``test_accuracy``, ``test_loss``,
         ``seconds_per_epoch`` (each followed by its ``_std`` with ``mean``, or ``_q25`` and
         ``_q75`` with ``median``), ``cost_vs_sgd`` (seconds per epoch / SGD's, ``nan``
@@ -615,10 +637,12 @@ def summary_table(reports):
         for optimizer, ranking in report.rankings.items():
             best = ranking[0]
             setting = best.setting
+            siblings = [item.setting for item in ranking]
             row = {
                 "problem": report.problem,
                 "optimizer": optimizer,
-                "hyperparameters": format_hyperparams(setting.hyperparams),
+                "hyperparameters": format_hyperparams(tuned_hyperparams(setting, siblings)),
+                "all_hyperparameters": format_hyperparams(setting.hyperparams),
                 "seeds": len(setting.runs),
                 "settings": len(ranking),
                 "ranked_by": f"{report.mode} {report.metric}",
@@ -661,8 +685,9 @@ def settings_table(reports):
 
     Returns:
         pandas.DataFrame: Columns ``problem``, ``optimizer``, ``rank``, ``setting`` (folder
-        name), ``hyperparameters``, ``seeds``, ``ranked_by``, ``score``, ``score_spread``
-        (standard deviation or interquartile range over seeds), ``notes``.
+        name), ``hyperparameters`` (tuned), ``all_hyperparameters``, ``seeds``,
+        ``ranked_by``, ``score``, ``score_spread`` (standard deviation or interquartile range
+        over seeds), ``notes``.
     """
     rows = [
         {
@@ -670,7 +695,10 @@ def settings_table(reports):
             "optimizer": optimizer,
             "rank": item.rank,
             "setting": item.setting.name,
-            "hyperparameters": format_hyperparams(item.setting.hyperparams),
+            "hyperparameters": format_hyperparams(
+                tuned_hyperparams(item.setting, [other.setting for other in ranking])
+            ),
+            "all_hyperparameters": format_hyperparams(item.setting.hyperparams),
             "seeds": len(item.setting.runs),
             "ranked_by": f"{report.mode} {report.metric}",
             "score": item.score,
@@ -762,8 +790,10 @@ def _color(report, optimizer):
     return f"C{list(report.rankings).index(optimizer) % 10}"
 
 
-def _label(optimizer, ranked):
-    label = f"{optimizer} ({format_hyperparams(ranked.setting.hyperparams)})"
+def _label(report, optimizer):
+    ranked = report.best(optimizer)
+    siblings = [item.setting for item in report.rankings[optimizer]]
+    label = f"{optimizer} ({format_hyperparams(tuned_hyperparams(ranked.setting, siblings))})"
     if ranked.notes:
         label += " [" + "; ".join(ranked.notes) + "]"
     return label
@@ -786,10 +816,13 @@ def plot_performance(report, path):
     Args:
         report (ProblemReport): The problem.
         path (str): The PNG to write.
+
+    Returns:
+        matplotlib.figure.Figure: The figure.
     """
     figure = _figure(10, 7.5)
     axes = figure.subplots(2, 2, sharex=True)
-    for axis, (metric, label) in zip(axes.flat, _PERFORMANCE_PANELS):
+    for axis, (metric, ylabel) in zip(axes.flat, _PERFORMANCE_PANELS):
         curves = []
         for optimizer in report.rankings:
             ranked = report.best(optimizer)
@@ -798,8 +831,9 @@ def plot_performance(report, path):
             curve = aggregate(ranked.setting.values(metric), report.how)
             epochs = np.arange(len(curve.center))
             color = _color(report, optimizer)
-            label = _label(optimizer, ranked)
-            axis.plot(epochs, curve.center, marker=".", color=color, label=label)
+            axis.plot(
+                epochs, curve.center, marker=".", color=color, label=_label(report, optimizer)
+            )
             axis.fill_between(epochs, curve.low, curve.high, color=color, alpha=0.2)
             curves += [curve.low, curve.high]
         if not curves:
@@ -813,7 +847,7 @@ def plot_performance(report, path):
             )
         elif "loss" in metric:
             _log_scale_if_wide(axis, curves)
-        axis.set_ylabel(label)
+        axis.set_ylabel(ylabel)
         axis.xaxis.get_major_locator().set_params(integer=True)
     for axis in axes[1]:
         axis.set_xlabel("epoch")
@@ -828,6 +862,7 @@ def plot_performance(report, path):
         fontsize="medium",
     )
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def _x_hyperparameter(settings):
@@ -862,6 +897,9 @@ def plot_sensitivity(report, path):
     Args:
         report (ProblemReport): The problem.
         path (str): The PNG to write.
+
+    Returns:
+        matplotlib.figure.Figure: The figure.
     """
     optimizers = list(report.rankings)
     columns = min(len(optimizers), 3)
@@ -946,6 +984,7 @@ def plot_sensitivity(report, path):
         fontsize="medium",
     )
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def plot_cost(report, path):
@@ -959,8 +998,8 @@ def plot_cost(report, path):
         path (str): The PNG to write.
 
     Returns:
-        bool: Whether the figure was written (no run of the problem records
-        ``epoch_seconds``: nothing to show).
+        matplotlib.figure.Figure or None: The figure; ``None`` (nothing written) if no run
+        of the problem records ``epoch_seconds``.
     """
     timed = [
         (optimizer, report.best(optimizer))
@@ -968,7 +1007,7 @@ def plot_cost(report, path):
         if len(report.best(optimizer).setting.seconds_per_epoch())
     ]
     if not timed:
-        return False
+        return None
     figure = _figure(11, 4.5)
     bars, losses = figure.subplots(1, 2)
     colors = [_color(report, optimizer) for optimizer, _ in timed]
@@ -1001,7 +1040,7 @@ def plot_cost(report, path):
     losses.legend(fontsize="small")
     figure.suptitle(_title(report, "cost"), fontsize="medium")
     figure.savefig(path, dpi=100)
-    return True
+    return figure
 
 
 # Writing --------------------------------------------------------------------------------
@@ -1040,7 +1079,7 @@ def write_report(reports, out_dir, warn=None):
             plot_performance(report, target(f"{problem}_performance.png"))
             plot_sensitivity(report, target(f"{problem}_sensitivity.png"))
             cost_path = os.path.join(out_dir, f"{problem}_cost.png")
-            if plot_cost(report, cost_path):
+            if plot_cost(report, cost_path) is not None:
                 written.append(cost_path)
             else:
                 warn(f"no cost figure for {problem}: its results record no epoch_seconds")

@@ -165,7 +165,9 @@ def test_table_means_and_deviations_by_hand(clean_folder, tmp_path, capsys):
     assert sgd["seconds_per_epoch"] == pytest.approx(2.0)
     assert sgd["seconds_per_epoch_std"] == pytest.approx(0.0)
     assert sgd["cost_vs_sgd"] == pytest.approx(1.0)
-    assert kfac["hyperparameters"] == "lr=1, damping=0.01" and kfac["seeds"] == 3
+    # damping is the same in every kfac setting: only lr was tuned.
+    assert kfac["hyperparameters"] == "lr=1" and kfac["seeds"] == 3
+    assert kfac["all_hyperparameters"] == "lr=1, damping=0.01"
     assert kfac["test_accuracy"] == pytest.approx(0.9)
     assert kfac["test_accuracy_std"] == pytest.approx(math.sqrt(0.02 / 3))
     assert kfac["cost_vs_sgd"] == pytest.approx(3.0)
@@ -477,6 +479,23 @@ def test_report_on_runner_results(runner_results, tmp_path, capsys):
     quadratic = settings[settings["problem"] == "quadratic_deep"]
     assert list(quadratic["hyperparameters"]) == ["lr=0.01", "lr=10"]
     assert quadratic["notes"].iloc[-1] == "diverged (1 of 1 seeds)"
+
+    # The performance plot: DeepOBS's four panels, one line per optimizer's best setting.
+    reports = report.build_report(report.read_results(str(runner_results)))
+    figure = report.plot_performance(reports["mnist_logreg"], str(tmp_path / "check.png"))
+    assert [axis.get_ylabel() for axis in figure.axes] == [
+        "Test loss", "Test accuracy", "Train loss", "Train accuracy",
+    ]  # fmt: skip
+    test_loss_lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert sorted(test_loss_lines) == ["Adam (lr=0.01)", "SGD (lr=0.1)"]
+    np.testing.assert_allclose(
+        test_loss_lines["SGD (lr=0.1)"].get_ydata(),
+        np.mean([run["test_losses"] for run in runs], axis=0),
+    )
+    assert all(len(axis.collections) == 2 for axis in figure.axes)  # one band each
+    figure = report.plot_performance(reports["quadratic_deep"], str(tmp_path / "check.png"))
+    assert [len(axis.get_lines()) for axis in figure.axes] == [1, 0, 1, 0]
+    assert "no accuracies" in figure.axes[1].texts[0].get_text()
 
     for name in (
         "mnist_logreg_performance.png",
