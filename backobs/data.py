@@ -21,6 +21,7 @@ net can learn the classes (and random crops and flips keep the class visible).
 
 import importlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,6 +40,7 @@ __all__ = [
     "synthetic_data_enabled",
     "synthetic_data_seed",
     "install",
+    "data_source",
 ]
 
 ENVIRONMENT_VARIABLE = "BACKOBS_SYNTHETIC_DATA"
@@ -67,7 +69,8 @@ class DataUnavailableError(RuntimeError):
         super().__init__(
             f"The {dataset} data set is not in the data directory '{self.data_dir}' and "
             f"could not be downloaded{reason}. Either put the {dataset} files there "
-            "(torchvision's layout; choose the directory with deepobs.config.set_data_dir), "
+            "(torchvision's layout; choose the directory with the option --data_dir, or "
+            "deepobs.config.set_data_dir in Python), "
             "or use synthetic data with the same shapes and sizes: "
             f"backobs.use_synthetic_data(), the environment variable {ENVIRONMENT_VARIABLE}=1, "
             "or the runner flag --synthetic-data."
@@ -85,6 +88,7 @@ def use_synthetic_data(enabled=True, seed=0):
         seed (int): Seed from which every synthetic item is computed.
     """
     global _synthetic_enabled, _synthetic_seed
+    install()
     _synthetic_enabled = bool(enabled)
     _synthetic_seed = int(seed)
 
@@ -261,6 +265,7 @@ class _DatasetSource:
                 )
             real_class = getattr(torchvision_datasets, name)
             split_arguments = {"split": split} if name == "SVHN" else {"train": split == "train"}
+            created = _missing_folders(root, name)
             try:
                 return real_class(
                     root=root,
@@ -270,7 +275,9 @@ class _DatasetSource:
                     **kwargs,
                 )
             except Exception as error:  # download errors, missing or corrupt files
-                # One message instead of torchvision's and urllib's tracebacks.
+                # One message instead of torchvision's and urllib's tracebacks, and no empty
+                # folders left behind by the failed download.
+                _remove_if_empty(created)
                 raise DataUnavailableError(name, root, error) from None
 
         build.__name__ = name
@@ -280,8 +287,46 @@ class _DatasetSource:
 _DEEPOBS_DATASET_MODULES = ("mnist", "fmnist", "cifar10", "cifar100", "svhn")
 
 
+def _missing_folders(root, name):
+    """The folders a download of ``name`` into ``root`` may create, deepest first."""
+    candidates = [os.path.join(root, name, "raw"), os.path.join(root, name), root]
+    return [folder for folder in candidates if not os.path.exists(folder)]
+
+
+def _remove_if_empty(folders):
+    for folder in folders:
+        try:
+            os.rmdir(folder)  # only removes an empty folder
+        except OSError:
+            pass
+
+
+@contextmanager
+def data_source(synthetic):
+    """Route DeepOBS's data sets through BackOBS, with synthetic data on or off, for a block.
+
+    The switch of :func:`use_synthetic_data` is restored when the block ends, so one run's
+    choice does not leak into the next run in the same process.
+
+    Args:
+        synthetic (bool): Whether problems set up inside the block get synthetic data.
+    """
+    global _synthetic_enabled, _synthetic_seed
+    install()
+    previous = (_synthetic_enabled, _synthetic_seed)
+    _synthetic_enabled = bool(synthetic)
+    try:
+        yield
+    finally:
+        _synthetic_enabled, _synthetic_seed = previous
+
+
 def install():
-    """Route DeepOBS's image data sets through BackOBS (idempotent, done on import)."""
+    """Route DeepOBS's image data sets through BackOBS (idempotent).
+
+    Called by :func:`use_synthetic_data`, :func:`data_source` and the runner; importing
+    ``backobs`` changes nothing in DeepOBS.
+    """
     source = _DatasetSource()
     for module_name in _DEEPOBS_DATASET_MODULES:
         try:

@@ -1,68 +1,65 @@
 """``BackpackRunner``: DeepOBS's PyTorch runner with backprop extensions in every step.
 
 The runner is a :class:`deepobs.pytorch.runners.runner.PTRunner`: it prints the same
-evaluation lines, aborts on a non-finite loss in the same way and writes the same results
+evaluation lines, stops on a non-finite loss as DeepOBS does and writes the same results
 JSON into DeepOBS's output layout (``<output_dir>/<problem>/<optimizer>/<settings>/
 random_seed__<seed>__<date>.json``). What it adds:
 
 - the problem is extended (:func:`backobs.extend_problem`) before training, and every
   training backward pass runs inside ``backpack(*extensions)``; the optimizer's ``step()``
-  is called while the quantities are on the parameters, so a second-order optimizer can read
-  them (e.g. ``p.diag_ggn_mc``);
-- a log of the extension outputs for every step, written as JSON lines beside the results
-  file while the run goes (``<results file stem>.steps.jsonl``), one line per step::
-
-      {"epoch": 0, "step": 2, "global_step": 2, "loss": 2.30,
-       "extensions": {"BatchGrad": {"savefield": "grad_batch", "parameters": {
-           "dense.weight": {"shape": [3, 10, 784], "norm": 0.41, "mean": 1e-09,
-                            "sample_norms": {"mean": 0.23, "std": 0.05,
-                                             "min": 0.18, "max": 0.29}}, ...}}}}
-
-  ``norm`` is the Euclidean norm of the whole quantity and ``mean`` the mean of its entries.
-  Per-sample quantities (``grad_batch`` and the ``*_batch`` diagonals) also get the spread of
-  their per-sample norms over the mini-batch (``sample_norms``), ``batch_l2`` the spread of
-  its values (``sample_values``). Kronecker factors (lists of tensors) get one ``shape``,
-  ``norm`` and ``mean`` per factor;
-- every ``log_interval`` steps the shapes of the quantities are printed as the original
-  BackOBS did (``[backobs] Extension: BatchGrad``, then one ``Parameter 0: Shape (3, 10, 784)``
-  line per parameter);
-- command-line options for demos and small machines: ``--extensions``, ``--steps_per_epoch``,
-  ``--eval_batches``, ``--log_interval``, ``--synthetic_data``, ``--device``, and
-  ``--l2_reg`` as another name for DeepOBS 1.1.2's ``--weight_decay``.
+  runs while the quantities are on the parameters, so a second-order optimizer can read them;
+- a log of the extension outputs for every step beside the results file
+  (``<results file stem>.steps.jsonl``, see :mod:`backobs.steplog`);
+- extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
+  ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps)
+  and ``synthetic_data``. Results are strict JSON (a non-finite number is ``null``) and
+  written atomically;
+- Ctrl-C ends the run with the completed epochs written (``status: "interrupted"``), then
+  re-raises :class:`KeyboardInterrupt` (:meth:`BackpackRunner.main` turns it into exit
+  code 130);
+- its options (:mod:`backobs.options`) are checked before any work.
 """
 
-import argparse
-import json
 import math
 import os
 import sys
+import time
 import warnings
+from contextlib import contextmanager
 
-import torch
 from tqdm import tqdm
 
 import backobs
-from backobs._deepobs import pytorch as deepobs_pytorch
-from backobs._deepobs import runners, testproblems
+from backobs import _deepobs, options
+from backobs import data as data_sources
+from backobs.steplog import StepLog, write_json_atomically
 from backpack_core import backpack
 from backpack_core import extensions as extensions_module
 
-__all__ = ["BackpackRunner", "EXTENSION_NAMES", "summarize_quantity"]
+__all__ = ["BackpackRunner", "EXTENSION_NAMES"]
 
-EXTENSION_NAMES = tuple(name for name in extensions_module.__all__ if name != "BackpropExtension")
-"""The extensions that ``--extensions`` accepts, by class name."""
+EXTENSION_NAMES = options.EXTENSION_NAMES
 
 # Training parameters that change the numbers in the results file and therefore belong
 # in the name of DeepOBS's settings folder (the others only change what is logged).
 _RESULT_CHANGING_OPTIONS = ("steps_per_epoch", "eval_batches", "synthetic_data")
+_METRICS = (
+    "train_losses",
+    "valid_losses",
+    "test_losses",
+    "minibatch_train_losses",
+    "train_accuracies",
+    "valid_accuracies",
+    "test_accuracies",
+)
 
 
-class BackpackRunner(runners.PTRunner):
+class BackpackRunner(_deepobs.runners.PTRunner):
     """DeepOBS's PyTorch runner, training with backprop extensions active.
 
-    Use it as DeepOBS's ``StandardRunner``: ``runner.run()`` reads the problem name and the
-    settings from the command line (or takes them as arguments) and returns the results
-    dictionary that it also writes to the output directory.
+    ``runner.run()`` without a problem reads the problem and the settings from the command
+    line, as DeepOBS's ``StandardRunner`` does; with a problem it takes them as arguments (and
+    defaults for what is not given) without reading the command line.
 
     Example:
         >>> from torch.optim import SGD
@@ -71,20 +68,20 @@ class BackpackRunner(runners.PTRunner):
         ...            batch_size=32, num_epochs=1, steps_per_epoch=10)
 
     Args:
-        optimizer_class: A ``torch.optim.Optimizer`` subclass. Its ``step()`` runs while the
-            extension quantities are on the parameters.
+        optimizer_class: A ``torch.optim.Optimizer`` subclass, or any callable
+            ``(params, **hyperparams) -> optimizer``. Its ``step()`` runs while the extension
+            quantities are on the parameters.
         hyperparameter_names: DeepOBS's description of the optimizer's hyperparameters,
             ``{name: {"type": type, "default": value}}``; each becomes a ``--name`` option.
         extensions: A callable returning a fresh list of extension instances for each step
-            (e.g. ``lambda: [DiagGGNMC(mc_samples=1)]``); it fixes the extensions, and the
-            command line has no ``--extensions`` option. ``None``: the extensions are chosen
-            by name with the ``extensions`` training parameter or ``--extensions`` on the
-            command line, ``BatchGrad`` if neither is given.
-        cli_defaults: Defaults for command-line options, e.g. ``{"batch_size": 3,
-            "num_epochs": 1, "steps_per_epoch": 3}`` for a demo script. If given, the option
-            ``--full`` ignores them (and falls back to DeepOBS's defaults).
-        progress_bar: Show a tqdm progress bar over the steps of each epoch (only on a
-            terminal).
+            (e.g. ``lambda: [DiagGGNMC(mc_samples=1)]``), always active. ``None``: none but
+            those chosen by name (``extensions`` argument or ``--extensions``).
+            When neither gives any, ``BatchGrad`` is active.
+        cli_defaults: Defaults for command-line options of a demo script, e.g.
+            ``{"batch_size": 3, "num_epochs": 1, "steps_per_epoch": 3}``; ``--full`` drops them.
+        progress_bar: Show a progress bar over the steps of each epoch (on a terminal only).
+        optimizer_name: The optimizer's folder and ``optimizer_name`` in the results
+            (default: the class name, as DeepOBS).
     """
 
     def __init__(
@@ -94,120 +91,146 @@ class BackpackRunner(runners.PTRunner):
         extensions=None,
         cli_defaults=None,
         progress_bar=False,
+        optimizer_name=None,
     ):
         super().__init__(optimizer_class, hyperparameter_names)
+        if optimizer_name is not None:
+            self._optimizer_name = optimizer_name
         self._extensions_factory = extensions
         self._cli_defaults = dict(cli_defaults or {})
         self._progress_bar = progress_bar
         self._eval_batches = None
-        self._output_location = None
-        self._write_logs = True
+        self._state = None
+        self.last_results_path = None
 
-    def main(self, **run_kwargs):
-        """Run from a script: like :meth:`run`, but configuration errors end the process.
+    # Entry points ----------------------------------------------------------------------
 
-        An unsupported problem, active l2 regularisation, an unknown problem name, an
-        unavailable device or missing data ends the process with one line on stderr and exit
-        code 2, not a traceback.
+    def main(self, argv=None, prog=None):
+        """Run from a script: parse ``argv``, run, and end the process on errors.
+
+        A bad option, an unsupported problem or missing data ends the process with one line
+        on stderr and exit code 2; Ctrl-C with exit code 130 after the completed epochs were
+        written. Neither prints a traceback.
 
         Args:
-            **run_kwargs: Passed on to :meth:`run`; what is not given is read from the
-                command line.
+            argv (list[str], optional): The arguments (default: ``sys.argv[1:]``).
+            prog (str, optional): The program name in messages (default: the script's).
 
         Returns:
             dict: The results, as :meth:`run` returns them.
         """
+        prog = prog or os.path.basename(sys.argv[0])
+        arguments = self.parse_command_line(argv, prog=prog)
         try:
-            return self.run(**run_kwargs)
-        except (NotImplementedError, ValueError, backobs.DataUnavailableError) as error:
+            return self.run(**arguments)
+        except (options.OptionError, NotImplementedError, backobs.DataUnavailableError) as error:
             message = " ".join(str(error).split())
-            print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+            print(f"{prog}: error: {message}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            sys.exit(130)
 
-    # Command line --------------------------------------------------------------------
+    def parse_command_line(self, argv=None, prog=None):
+        """Parse a run's command line (see :mod:`backobs.options`).
 
-    def _add_training_params_to_argparse(self, parser, args, training_params):
-        """Add the runner's options to DeepOBS's parser, unless given to ``run()``."""
+        Args:
+            argv (list[str], optional): The arguments (default: ``sys.argv[1:]``).
+            prog (str, optional): The program name in messages.
 
-        def add(name, *aliases, **kwargs):
-            if name in training_params:
-                args[name] = training_params[name]
-            else:
-                parser.add_argument(f"--{name}", *aliases, dest=name, **kwargs)
+        Returns:
+            dict: Keyword arguments for :meth:`run`.
+        """
+        parser = options.OneLineParser(
+            prog=prog or os.path.basename(sys.argv[0]),
+            description="Train an optimizer on a DeepOBS problem with backprop extensions.",
+        )
+        options.add_run_arguments(
+            parser,
+            self._hyperparameter_names,
+            demo_defaults=self._cli_defaults,
+            extensions_option=self._extensions_factory is None,
+        )
+        namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        return options.run_arguments(namespace, self._hyperparameter_names)
 
-        if self._extensions_factory is None:
-            add(
-                "extensions",
-                nargs="+",
-                choices=EXTENSION_NAMES,
-                default=["BatchGrad"],
-                metavar="NAME",
-                help="Extensions active in every training step (default: BatchGrad). "
-                f"One or more of: {', '.join(EXTENSION_NAMES)}.",
+    def run(
+        self,
+        testproblem=None,
+        hyperparams=None,
+        batch_size=None,
+        num_epochs=None,
+        random_seed=42,
+        data_dir=None,
+        output_dir="./results",
+        weight_decay=None,
+        no_logs=False,
+        train_log_interval=10,
+        print_train_iter=False,
+        tb_log=False,
+        tb_log_dir="none",
+        skip_if_exists=False,
+        **training_params,
+    ):
+        """Train and write the results; see DeepOBS's ``Runner.run`` for the arguments.
+
+        ``training_params`` are BackOBS's: ``extensions`` (list of names),
+        ``steps_per_epoch``, ``eval_batches``, ``log_interval``, ``synthetic_data``,
+        ``device``. Without ``testproblem`` everything is read from the command line.
+
+        Returns:
+            dict: The results, as written to the results file; ``None`` if skipped.
+
+        Raises:
+            backobs.options.OptionError: A setting is invalid (checked before any work).
+            KeyboardInterrupt: After an interrupted run's results were written.
+        """
+        if testproblem is None:
+            return self.run(**self.parse_command_line())
+        arguments = dict(
+            testproblem=testproblem,
+            hyperparams=dict(hyperparams or {}),
+            batch_size=batch_size,
+            num_epochs=num_epochs,
+            random_seed=random_seed,
+            data_dir=data_dir,
+            output_dir=output_dir,
+            weight_decay=weight_decay,
+            no_logs=no_logs,
+            train_log_interval=train_log_interval,
+            print_train_iter=print_train_iter,
+            tb_log=tb_log,
+            tb_log_dir=tb_log_dir,
+            **training_params,
+        )
+        self._check(arguments)
+        if skip_if_exists and not no_logs:
+            exists, matches = self._run_exists(**arguments)
+            if exists:
+                print(f"[backobs] Found results {matches[0]}: skipping the run.")
+                return None
+        return self._run(**arguments)
+
+    def _check(self, arguments):
+        missing = [
+            name
+            for name, specification in self._hyperparameter_names.items()
+            if name not in arguments["hyperparams"] and "default" not in specification
+        ]
+        if missing:
+            raise options.OptionError(f"the hyperparameter --{missing[0]} is required")
+        unknown = set(arguments["hyperparams"]) - set(self._hyperparameter_names)
+        if unknown:
+            raise options.OptionError(
+                f"unknown hyperparameter(s) {', '.join(sorted(unknown))} for "
+                f"{self._optimizer_name}; it takes: {', '.join(self._hyperparameter_names)}"
             )
-        add(
-            "steps_per_epoch",
-            "--steps-per-epoch",
-            type=int,
-            default=None,
-            help="Stop each epoch after this many steps (default and 0: the whole epoch).",
-        )
-        add(
-            "eval_batches",
-            "--eval-batches",
-            type=int,
-            default=None,
-            help="Evaluate on the first N mini-batches of the train-eval, validation and "
-            "test sets (default and 0: on all of them, as DeepOBS).",
-        )
-        add(
-            "log_interval",
-            "--log-interval",
-            type=int,
-            default=1,
-            help="Print the shapes of the extension quantities every N steps (0: never). "
-            "The JSON-lines log keeps every step.",
-        )
-        add(
-            "synthetic_data",
-            "--synthetic-data",
-            action="store_true",
-            default=False,
-            help="Train on synthetic stand-ins of the data sets (no download needed).",
-        )
-        add(
-            "device",
-            type=str,
-            default=None,
-            help="Device to train on, e.g. cpu or cuda:0 (default: DeepOBS's choice, cuda "
-            "if available).",
-        )
-        if "weight_decay" not in args:
-            parser.add_argument(
-                "--l2_reg",
-                "-wd",
-                dest="weight_decay",
-                type=float,
-                help="Same as --weight_decay (the name in the original BackOBS and in "
-                "DeepOBS's develop branch). BackOBS supports no l2 regularisation: problems "
-                "that use it run only with --l2_reg 0.0.",
-            )
-        if "batch_size" not in args:
-            parser.add_argument("-bs", dest="batch_size", type=int, help=argparse.SUPPRESS)
+        for name, specification in self._hyperparameter_names.items():
+            if name not in arguments["hyperparams"]:
+                arguments["hyperparams"][name] = specification["default"]
+        options.check_run_arguments(arguments)
 
-        if self._cli_defaults:
-            parser.add_argument(
-                "--full",
-                action="store_true",
-                help="Ignore this script's demo defaults "
-                f"({', '.join(f'{k}={v}' for k, v in self._cli_defaults.items())}): "
-                "DeepOBS's batch size and number of epochs, whole epochs, full evaluation.",
-            )
-            # parse_args reads sys.argv; the demo defaults only apply without --full.
-            if "--full" not in sys.argv[1:]:
-                parser.set_defaults(
-                    **{k: v for k, v in self._cli_defaults.items() if k not in args}
-                )
+    # DeepOBS's hooks ---------------------------------------------------------------------
 
     def _add_training_params_to_output_dir_name(self, training_params, run_folder_name):
         """Name only the options that change the results, so logging flags share a folder."""
@@ -233,76 +256,111 @@ class BackpackRunner(runners.PTRunner):
             processed.update(accuracies)
         return processed
 
-    def generate_output_directory_name(self, *args, **kwargs):
-        """DeepOBS's output location; the runner remembers it for the step log."""
-        run_directory, file_name = super().generate_output_directory_name(*args, **kwargs)
-        self._output_location = (run_directory, file_name)
-        return run_directory, file_name
-
-    # Setting up ------------------------------------------------------------------------
-
-    def _run(self, testproblem=None, **args):
-        """Configure the process (device, data), then run DeepOBS's ``_run``."""
-        args.pop("full", None)
-        if not _is_problem(testproblem):
-            raise ValueError(
-                f"Unknown test problem {testproblem!r}. Known problems: "
-                f"{', '.join(sorted(n for n in dir(testproblems) if _is_problem(n)))}."
-            )
-        device = args.get("device")
-        if device is not None:
-            _check_device(device)
-            deepobs_pytorch.config.set_default_device(device)
-        if args.get("synthetic_data"):
-            backobs.use_synthetic_data(True)
-        self._write_logs = not args.get("no_logs")
-        self._output_location = None
-        output = super()._run(testproblem=testproblem, **args)
-        if self._write_logs and self._output_location is not None:
-            run_directory, file_name = self._output_location
-            print(f"[backobs] Results: {os.path.join(run_directory, file_name)}.json")
-            step_log_path = self._step_log_path()
-            if os.path.exists(step_log_path):
-                print(f"[backobs] Step log: {step_log_path}")
-        return output
+    @staticmethod
+    def write_output(output, run_folder_name, file_name):
+        """Write the results as strict JSON, atomically (temporary file, then rename)."""
+        write_json_atomically(os.path.join(run_folder_name, file_name + ".json"), output)
 
     def create_testproblem(self, testproblem, batch_size, weight_decay, random_seed):
-        """Create and set up the DeepOBS problem as DeepOBS does, then extend it.
+        """Create and set up the problem as DeepOBS does (seeds included), then extend it.
 
-        Args:
-            testproblem (str): Name of the DeepOBS problem, e.g. ``"mnist_logreg"``.
-            batch_size (int): Mini-batch size.
-            weight_decay (float or None): l2 factor; ``None`` uses the problem's default.
-            random_seed (int): Seed for Python, NumPy and torch.
+        The problem class comes from :func:`backobs.get_problem_class`, so the 8 problems
+        that DeepOBS 1.1.2 lacks need no registration with DeepOBS.
 
         Returns:
             The set-up and extended test problem.
-
-        Raises:
-            NotImplementedError: If the problem cannot be extended (VAEs, batch
-                normalisation, active l2 regularisation).
         """
-        tproblem = super().create_testproblem(testproblem, batch_size, weight_decay, random_seed)
+        problem_class = backobs.get_problem_class(testproblem)
+        with _problem_lookup(testproblem, problem_class):
+            tproblem = super().create_testproblem(
+                testproblem, batch_size, weight_decay, random_seed
+            )
         return backobs.extend_problem(tproblem)
 
-    def _make_extensions(self, names):
-        if self._extensions_factory is not None:
-            return self._extensions_factory
-        names = list(names or ["BatchGrad"])
-        unknown = [name for name in names if name not in EXTENSION_NAMES]
-        if unknown:
-            raise ValueError(
-                f"Unknown extension(s) {', '.join(unknown)}; choose from "
-                f"{', '.join(EXTENSION_NAMES)}."
-            )
-        classes = [getattr(extensions_module, name) for name in names]
-        return lambda: [cls() for cls in classes]
+    # One run ---------------------------------------------------------------------------
 
-    def _step_log_path(self):
-        if not self._write_logs or self._output_location is None:
-            return None
-        run_directory, file_name = self._output_location
-        return os.path.join(run_directory, file_name + ".steps.jsonl")
+    def _run(self, testproblem=None, **arguments):
+        """Set the process up for the run (device, data), train, write; restore afterwards."""
+        device = arguments.pop("device", None)
+        synthetic = bool(arguments.get("synthetic_data")) or data_sources.synthetic_data_enabled()
+        arguments["synthetic_data"] = synthetic
+        self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+        self.last_results_path = None
+        with (
+            _device(device),
+            _data_dir(arguments.get("data_dir")),
+            data_sources.data_source(synthetic),
+        ):
+            return self._train_and_write(testproblem, **arguments)
+
+    def _train_and_write(
+        self,
+        testproblem,
+        hyperparams,
+        batch_size,
+        num_epochs,
+        random_seed,
+        data_dir,
+        output_dir,
+        weight_decay,
+        no_logs,
+        train_log_interval,
+        print_train_iter,
+        tb_log,
+        tb_log_dir,
+        **training_params,
+    ):
+        batch_size = self._use_default_batch_size_if_missing(testproblem, batch_size)
+        num_epochs = self._use_default_num_epochs_if_missing(testproblem, num_epochs)
+        run_directory, file_name = self.generate_output_directory_name(
+            testproblem,
+            batch_size,
+            num_epochs,
+            weight_decay,
+            random_seed,
+            output_dir,
+            hyperparams,
+            **training_params,
+        )
+        results_path = os.path.join(run_directory, file_name + ".json")
+        step_log_path = None if no_logs else results_path[: -len(".json")] + ".steps.jsonl"
+        if tb_log and tb_log_dir == "none":
+            tb_log_dir = run_directory
+        tproblem = self.create_testproblem(testproblem, batch_size, weight_decay, random_seed)
+        if not no_logs:
+            os.makedirs(run_directory, exist_ok=True)
+        metrics = self.training(
+            tproblem,
+            dict(hyperparams),
+            num_epochs,
+            print_train_iter,
+            train_log_interval,
+            tb_log,
+            tb_log_dir,
+            step_log_path=step_log_path,
+            **training_params,
+        )
+        output = self._post_process_output(
+            metrics,
+            testproblem,
+            batch_size,
+            num_epochs,
+            random_seed,
+            weight_decay,
+            dict(hyperparams),
+            **training_params,
+        )
+        output.update(self._state)
+        output["synthetic_data"] = bool(training_params.get("synthetic_data"))
+        if not no_logs:
+            self.write_output(output, run_directory, file_name)
+            self.last_results_path = results_path
+            print(f"[backobs] Results: {results_path}")
+            if step_log_path and os.path.exists(step_log_path):
+                print(f"[backobs] Step log: {step_log_path}")
+        if self._state["status"] == "interrupted":
+            raise KeyboardInterrupt
+        return output
 
     # Training --------------------------------------------------------------------------
 
@@ -318,7 +376,8 @@ class BackpackRunner(runners.PTRunner):
         extensions=None,
         steps_per_epoch=None,
         eval_batches=None,
-        log_interval=1,
+        log_interval=None,
+        step_log_path=None,
         **unused_training_params,
     ):
         """Train with the extensions active in every backward pass; log them for every step.
@@ -334,122 +393,182 @@ class BackpackRunner(runners.PTRunner):
                 results (``minibatch_train_losses``).
             tb_log (bool): Log the mini-batch loss to TensorBoard.
             tb_log_dir (str): TensorBoard directory.
-            extensions (list[str], optional): Extension names, if the runner was created
-                without an extensions factory.
+            extensions (list[str], optional): Extension names, active besides those of the
+                runner's ``extensions`` factory.
             steps_per_epoch (int, optional): Stop each epoch after this many steps.
             eval_batches (int, optional): Evaluate on this many mini-batches per set.
-            log_interval (int): Print the extension shapes every this many steps (0: never).
-            **unused_training_params: Options used before training (``device``,
-                ``synthetic_data``); recorded in the results.
+            log_interval (int, optional): Print the extension shapes every this many steps
+                (0: never; ``None``: every step in short runs, else never).
+            step_log_path (str, optional): Where to write the step log.
+            **unused_training_params: Options used before training (``synthetic_data``);
+                recorded in the results.
 
         Returns:
-            dict: DeepOBS's metrics: ``train_losses``, ``valid_losses``, ``test_losses``,
-            ``minibatch_train_losses``, ``train_accuracies``, ``valid_accuracies``,
-            ``test_accuracies``.
+            dict: DeepOBS's metrics. If interrupted, the lists hold the completed epochs.
         """
         make_extensions = self._make_extensions(extensions)
         optimizer = self._optimizer_class(tproblem.net.parameters(), **hyperparams)
         self._eval_batches = eval_batches or None
-        metrics = {
-            key: []
-            for key in (
-                "train_losses",
-                "valid_losses",
-                "test_losses",
-                "minibatch_train_losses",
-                "train_accuracies",
-                "valid_accuracies",
-                "test_accuracies",
-            )
-        }
+        if self._state is None:
+            self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+        metrics = {key: [] for key in _METRICS}
+        steps_in_epoch = _steps_in_epoch(tproblem, steps_per_epoch)
+        if log_interval is None:
+            total = None if steps_in_epoch is None else steps_in_epoch * num_epochs
+            log_interval = 1 if total is not None and total <= options.SHORT_RUN_STEPS else 0
         self._announce_caps(steps_per_epoch, eval_batches)
-        step_log = _StepLog(self._step_log_path(), log_interval, tproblem.net)
+        step_log = StepLog(step_log_path, tproblem.net, print_interval=log_interval)
         summary_writer = _open_summary_writer(tb_log_dir) if tb_log else None
         global_step = 0
         try:
             for epoch_count in range(num_epochs + 1):
-                self.evaluate_all(
-                    epoch_count,
-                    num_epochs,
-                    tproblem,
-                    metrics["train_losses"],
-                    metrics["valid_losses"],
-                    metrics["test_losses"],
-                    metrics["train_accuracies"],
-                    metrics["valid_accuracies"],
-                    metrics["test_accuracies"],
-                )
+                self._evaluate_all(epoch_count, num_epochs, tproblem, metrics)
                 if epoch_count == num_epochs:
                     break
-
-                tproblem.train_init_op()
-                progress = tqdm(
-                    total=_steps_in_epoch(tproblem, steps_per_epoch),
-                    desc=f"Epoch {epoch_count + 1}/{num_epochs}",
-                    unit="step",
-                    leave=False,
-                    disable=None if self._progress_bar else True,
+                started = time.perf_counter()
+                global_step, finite = self._train_epoch(
+                    tproblem,
+                    optimizer,
+                    make_extensions,
+                    step_log,
+                    metrics,
+                    epoch_count,
+                    num_epochs,
+                    global_step,
+                    steps_per_epoch,
+                    steps_in_epoch,
+                    train_log_interval,
+                    print_train_iter,
+                    summary_writer,
                 )
-                finite = True
-                step = 0
-                while finite and not (steps_per_epoch and step >= steps_per_epoch):
-                    optimizer.zero_grad()
-                    try:
-                        batch_loss, _ = tproblem.get_batch_loss_and_accuracy()
-                    except StopIteration:
-                        break
-                    loss = batch_loss.item()
-                    finite = math.isfinite(loss)
-                    if step % train_log_interval == 0:
-                        metrics["minibatch_train_losses"].append(loss)
-                        if print_train_iter:
-                            tqdm.write(f"Epoch {epoch_count:d}, step {step:d}: loss {loss:g}")
-                        if summary_writer is not None:
-                            summary_writer.add_scalar("loss", loss, global_step)
-                    if finite:
-                        # DeepOBS checks the loss after the epoch; stopping at the first
-                        # non-finite loss saves the rest of a wasted epoch and keeps NaNs
-                        # away from the extensions and from a second-order step.
-                        extensions = make_extensions()
-                        with backpack(*extensions):
-                            batch_loss.backward()
-                        step_log.record(epoch_count, step, global_step, loss, extensions)
-                        optimizer.step()
-                    progress.update()
-                    progress.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                    step += 1
-                    global_step += 1
-                progress.close()
-
+                self._state["epoch_seconds"].append(time.perf_counter() - started)
                 if not finite:
-                    self._abort_routine(
-                        epoch_count,
-                        num_epochs,
-                        metrics["train_losses"],
-                        metrics["valid_losses"],
-                        metrics["test_losses"],
-                        metrics["train_accuracies"],
-                        metrics["valid_accuracies"],
-                        metrics["test_accuracies"],
-                        metrics["minibatch_train_losses"],
-                    )
+                    self._abort_routine(epoch_count, num_epochs, *(metrics[k] for k in _ABORT))
                     break
+        except KeyboardInterrupt:
+            self._state["status"] = "interrupted"
+            _keep_completed_epochs(metrics)
+            completed = len(metrics["test_losses"]) - 1
+            print(
+                f"[backobs] Interrupted: the results hold the {max(completed, 0)} of "
+                f"{num_epochs} epochs completed."
+            )
         finally:
             step_log.close()
             if summary_writer is not None:
                 summary_writer.close()
         return metrics
 
+    def _train_epoch(
+        self,
+        tproblem,
+        optimizer,
+        make_extensions,
+        step_log,
+        metrics,
+        epoch_count,
+        num_epochs,
+        global_step,
+        steps_per_epoch,
+        steps_in_epoch,
+        train_log_interval,
+        print_train_iter,
+        summary_writer,
+    ):
+        """Train one epoch; return the global step and whether the loss stayed finite."""
+        tproblem.train_init_op()
+        progress = tqdm(
+            total=steps_in_epoch,
+            desc=f"Epoch {epoch_count + 1}/{num_epochs}",
+            unit="step",
+            leave=False,
+            disable=None if self._progress_bar else True,
+        )
+        step = 0
+        try:
+            while not (steps_per_epoch and step >= steps_per_epoch):
+                optimizer.zero_grad()
+                try:
+                    batch_loss, _ = tproblem.get_batch_loss_and_accuracy()
+                except StopIteration:
+                    break
+                loss = batch_loss.item()
+                if step % train_log_interval == 0:
+                    metrics["minibatch_train_losses"].append(loss)
+                    if print_train_iter:
+                        tqdm.write(f"Epoch {epoch_count:d}, step {step:d}: loss {loss:g}")
+                    if summary_writer is not None:
+                        summary_writer.add_scalar("loss", loss, global_step)
+                if not math.isfinite(loss):
+                    # DeepOBS checks the loss after the epoch; stopping at the first
+                    # non-finite loss saves the rest of a wasted epoch and keeps NaNs
+                    # away from the extensions and from a second-order step.
+                    self._diverged(global_step, epoch_count, step, f"the mini-batch loss is {loss}")
+                    step_log.write(
+                        {"epoch": epoch_count, "step": step, "global_step": global_step,
+                         "loss": loss, "extensions": {}}
+                    )  # fmt: skip
+                    return global_step + 1, False
+                extensions = make_extensions()
+                with backpack(*extensions):
+                    batch_loss.backward()
+                step_log.record(epoch_count, step, global_step, loss, extensions)
+                try:
+                    optimizer.step()
+                except ArithmeticError as error:  # an optimizer refusing a non-finite update
+                    self._diverged(global_step, epoch_count, step, str(error))
+                    return global_step + 1, False
+                progress.update()
+                progress.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                step += 1
+                global_step += 1
+        finally:
+            progress.close()
+        return global_step, True
+
+    def _diverged(self, global_step, epoch, step, reason):
+        self._state["status"] = "diverged"
+        self._state["diverged_at_step"] = global_step
+        print(
+            f"[backobs] Diverged at step {global_step} (epoch {epoch}, step {step}): {reason}. "
+            "The run stops here, as DeepOBS does; the results mark it as diverged."
+        )
+
+    def _evaluate_all(self, epoch_count, num_epochs, tproblem, metrics):
+        self.evaluate_all(
+            epoch_count,
+            num_epochs,
+            tproblem,
+            metrics["train_losses"],
+            metrics["valid_losses"],
+            metrics["test_losses"],
+            metrics["train_accuracies"],
+            metrics["valid_accuracies"],
+            metrics["test_accuracies"],
+        )
+
+    def _make_extensions(self, names):
+        classes = [getattr(extensions_module, name) for name in names or ()]
+        factory = self._extensions_factory
+        if factory is None and not classes:
+            classes = [extensions_module.BatchGrad]
+
+        def make():
+            fixed = list(factory()) if factory is not None else []
+            return fixed + [cls() for cls in classes]
+
+        return make
+
     def _announce_caps(self, steps_per_epoch, eval_batches):
         if steps_per_epoch:
             print(
                 f"[backobs] Each epoch stops after {steps_per_epoch} steps "
-                "(--steps_per_epoch; 0 trains on whole epochs)."
+                "(--steps-per-epoch; 0 trains on whole epochs)."
             )
         if eval_batches:
             print(
                 f"[backobs] Evaluating on the first {eval_batches} mini-batches of each set "
-                "(--eval_batches; 0 evaluates on all, as DeepOBS)."
+                "(--eval-batches; 0 evaluates on all, as DeepOBS)."
             )
 
     def evaluate(self, tproblem, phase):
@@ -488,106 +607,23 @@ class BackpackRunner(runners.PTRunner):
         return loss, accuracy
 
 
-def summarize_quantity(savefield, value):
-    """Summarise one extension quantity of one parameter for the step log.
-
-    Args:
-        savefield (str): The attribute the extension writes, e.g. ``"grad_batch"``.
-        value (torch.Tensor or list[torch.Tensor]): The quantity; a list for Kronecker
-            factors.
-
-    Returns:
-        dict: ``shape``, ``norm`` (Euclidean norm of all entries) and ``mean``; per-factor
-        lists of these for Kronecker factors; for per-sample quantities ``[N, ...]`` also
-        ``sample_norms`` (mean, std, min, max of the N per-sample norms), for ``batch_l2``
-        ``sample_values`` (the same statistics of its N values).
-    """
-    if isinstance(value, (list, tuple)):
-        summaries = [summarize_quantity(savefield, factor) for factor in value]
-        return {key: [summary[key] for summary in summaries] for key in ("shape", "norm", "mean")}
-    value = value.detach()
-    entries = value.float()
-    summary = {
-        "shape": list(value.shape),
-        "norm": torch.linalg.vector_norm(entries).item(),
-        "mean": entries.mean().item(),
-    }
-    if savefield == "batch_l2":
-        summary["sample_values"] = _spread(entries)
-    elif savefield == "grad_batch" or savefield.endswith("_batch"):
-        summary["sample_norms"] = _spread(torch.linalg.vector_norm(entries.flatten(1), dim=1))
-    return summary
+_ABORT = (
+    "train_losses",
+    "valid_losses",
+    "test_losses",
+    "train_accuracies",
+    "valid_accuracies",
+    "test_accuracies",
+    "minibatch_train_losses",
+)
 
 
-def _spread(samples):
-    """Mean, (population) standard deviation, minimum and maximum of a 1d tensor."""
-    mean, std, low, high = torch.stack(
-        [samples.mean(), samples.std(unbiased=False), samples.min(), samples.max()]
-    ).tolist()
-    return {"mean": mean, "std": std, "min": low, "max": high}
-
-
-class _StepLog:
-    """Prints the quantities' shapes every ``interval`` steps, writes summaries every step."""
-
-    def __init__(self, path, interval, net):
-        self._interval = interval
-        self._named_parameters = list(net.named_parameters())
-        self._path = path
-        self._file = None
-
-    def record(self, epoch, step, global_step, loss, extensions):
-        verbose = self._interval and global_step % self._interval == 0
-        if not (verbose or self._path):
-            return
-        entry = {"epoch": epoch, "step": step, "global_step": global_step, "loss": loss}
-        entry["extensions"] = {}
-        for extension in extensions:
-            name = _unique_key(type(extension).__name__, entry["extensions"])
-            values = [getattr(p, extension.savefield, None) for _, p in self._named_parameters]
-            if verbose:
-                _print_shapes(name, values)
-            if self._path:
-                entry["extensions"][name] = {
-                    "savefield": extension.savefield,
-                    "parameters": {
-                        param_name: None
-                        if value is None
-                        else summarize_quantity(extension.savefield, value)
-                        for (param_name, _), value in zip(self._named_parameters, values)
-                    },
-                }
-        if self._path:
-            if self._file is None:
-                os.makedirs(os.path.dirname(self._path), exist_ok=True)
-                self._file = open(self._path, "a", encoding="utf-8")
-            self._file.write(json.dumps(entry) + "\n")
-            self._file.flush()
-
-    def close(self):
-        if self._file:
-            self._file.close()
-            self._file = None
-
-
-def _print_shapes(name, values):
-    lines = [f"[backobs] Extension: {name}"]
-    for index, value in enumerate(values):
-        if value is None:
-            lines.append(f"  Parameter {index}: missing")
-        elif isinstance(value, (list, tuple)):
-            lines.append(f"  Parameter {index}: Shapes {[tuple(f.shape) for f in value]}")
-        else:
-            lines.append(f"  Parameter {index}: Shape {tuple(value.shape)}")
-    tqdm.write("\n".join(lines))
-
-
-def _unique_key(name, taken):
-    key, copy = name, 1
-    while key in taken:
-        copy += 1
-        key = f"{name}#{copy}"
-    return key
+def _keep_completed_epochs(metrics):
+    """After an interrupt: keep the evaluations that all three sets completed."""
+    complete = min(len(metrics[key]) for key in ("train_losses", "valid_losses", "test_losses"))
+    for key in _METRICS:
+        if key != "minibatch_train_losses":
+            del metrics[key][complete:]
 
 
 def _steps_in_epoch(tproblem, steps_per_epoch):
@@ -609,15 +645,47 @@ def _open_summary_writer(log_dir):
     return SummaryWriter(log_dir=log_dir)
 
 
-def _check_device(device):
+@contextmanager
+def _device(device):
+    """DeepOBS's default device for the run, restored afterwards."""
+    if device is None:
+        yield
+        return
+    config = _deepobs.pytorch.config
+    previous = config.get_default_device()
+    config.set_default_device(device)
     try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"--device {device!r} is not a torch device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here; use --device cpu.")
+        yield
+    finally:
+        config.set_default_device(previous)
 
 
-def _is_problem(name):
-    problem = getattr(testproblems, name, None)
-    return isinstance(problem, type) and hasattr(problem, "set_up") and name[0].islower()
+@contextmanager
+def _data_dir(data_dir):
+    """DeepOBS's data directory for the run, restored afterwards."""
+    if data_dir is None:
+        yield
+        return
+    config = _deepobs.config
+    previous = config.get_data_dir()
+    config.set_data_dir(data_dir)
+    try:
+        yield
+    finally:
+        config.set_data_dir(previous)
+
+
+@contextmanager
+def _problem_lookup(name, problem_class):
+    """Let DeepOBS's ``create_testproblem`` find ``name`` for the duration of the call."""
+    testproblems = _deepobs.testproblems
+    missing = object()
+    previous = getattr(testproblems, name, missing)
+    setattr(testproblems, name, problem_class)
+    try:
+        yield
+    finally:
+        if previous is missing:
+            delattr(testproblems, name)
+        else:
+            setattr(testproblems, name, previous)

@@ -69,6 +69,8 @@ def test_get_problem_class():
 
 @pytest.mark.parametrize("name", NEW_PROBLEMS)
 def test_new_problems_reachable_like_deepobs_runner_finds_them(name):
-    # PTRunner.create_testproblem: getattr(deepobs.pytorch.testproblems, name)
+    # PTRunner.create_testproblem: getattr(deepobs.pytorch.testproblems, name), after the
+    # explicit registration (importing backobs changes nothing in DeepOBS).
+    backobs.register_problems()
     assert getattr(_deepobs.testproblems, name) is backobs.get_problem_class(name)
     assert issubclass(backobs.get_problem_class(name), _deepobs.testproblems.TestProblem)

@@ -7,9 +7,12 @@ import os
 import sys
 
 import pytest
+import torch
 from torch.optim import SGD
 
-from backobs.runner import BackpackRunner, summarize_quantity
+from backobs.options import OptionError
+from backobs.runner import BackpackRunner
+from backobs.steplog import summarize_quantity
 
 SGD_HYPERPARAMETERS = {"lr": {"type": float}, "momentum": {"type": float, "default": 0.0}}
 DEEPOBS_KEYS = {
@@ -29,6 +32,7 @@ DEEPOBS_KEYS = {
     "valid_accuracies",
     "test_accuracies",
 }
+BACKOBS_KEYS = {"status", "diverged_at_step", "epoch_seconds", "synthetic_data"}
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +53,13 @@ def results_files(output_dir):
     return glob.glob(os.path.join(output_dir, "*", "*", "*", "random_seed__*.json"))
 
 
+def refuse_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
 def read_step_log(results_file):
     with open(results_file.replace(".json", ".steps.jsonl"), encoding="utf-8") as file:
-        return [json.loads(line) for line in file]
+        return [json.loads(line, parse_constant=refuse_constant) for line in file]
 
 
 def test_run_writes_deepobs_results_and_step_log(monkeypatch, tmp_path, capsys):
@@ -69,7 +77,9 @@ def test_run_writes_deepobs_results_and_step_log(monkeypatch, tmp_path, capsys):
     )  # fmt: skip
     stdout = capsys.readouterr().out
 
-    assert set(output) == DEEPOBS_KEYS
+    assert set(output) == DEEPOBS_KEYS | BACKOBS_KEYS
+    assert output["status"] == "finished" and output["diverged_at_step"] is None
+    assert len(output["epoch_seconds"]) == 2 and all(t > 0 for t in output["epoch_seconds"])
     assert len(output["train_losses"]) == len(output["test_accuracies"]) == 3
     assert output["training_params"]["extensions"] == ["BatchGrad", "BatchL2Grad"]
 
@@ -80,6 +90,7 @@ def test_run_writes_deepobs_results_and_step_log(monkeypatch, tmp_path, capsys):
     assert "log_interval" not in settings and "extensions" not in settings
     with open(results_file, encoding="utf-8") as file:
         assert json.load(file)["train_losses"] == output["train_losses"]
+    assert glob.glob(os.path.join(os.path.dirname(results_file), "*.part")) == []
 
     # The log keeps every step, the terminal every second one.
     steps = read_step_log(results_file)
@@ -127,7 +138,7 @@ def test_extensions_factory_reaches_optimizer_step(monkeypatch, tmp_path):
     assert results_files(tmp_path) == []
 
 
-def test_non_finite_loss_aborts_as_deepobs(monkeypatch, tmp_path):
+def test_non_finite_loss_aborts_as_deepobs(monkeypatch, tmp_path, capsys):
     with pytest.warns(RuntimeWarning, match="Loss is Nan or Inf"):
         output = run_cli(
             monkeypatch, "mnist_logreg", "--lr", 1e38, "--batch_size", 4, "--num_epochs", 3,
@@ -135,9 +146,18 @@ def test_non_finite_loss_aborts_as_deepobs(monkeypatch, tmp_path):
         )  # fmt: skip
     # DeepOBS fills the remaining epochs with the initial evaluation.
     assert output["train_losses"] == [output["train_losses"][0]] * 4
+    assert output["status"] == "diverged"
     (results_file,) = results_files(tmp_path)
-    steps = read_step_log(results_file)
-    assert 1 <= len(steps) < 5 and all(math.isfinite(s["loss"]) for s in steps)
+    steps = read_step_log(results_file)  # strict JSON: the non-finite loss is null
+    assert 2 <= len(steps) <= 5
+    assert all(math.isfinite(s["loss"]) for s in steps[:-1]) and steps[-1]["loss"] is None
+    assert output["diverged_at_step"] == steps[-1]["global_step"]
+    with open(results_file, encoding="utf-8") as file:
+        recorded = json.load(file, parse_constant=refuse_constant)
+    assert recorded["status"] == "diverged"
+    assert recorded["diverged_at_step"] == output["diverged_at_step"]
+    stdout = capsys.readouterr().out
+    assert f"[backobs] Diverged at step {output['diverged_at_step']} " in stdout
 
 
 def test_l2_reg_is_weight_decay(monkeypatch, tmp_path):
@@ -160,30 +180,111 @@ def test_cli_defaults_apply_unless_full_or_overridden(monkeypatch, tmp_path):
     assert (output["batch_size"], output["num_epochs"]) == (3, 1)
     assert output["training_params"]["steps_per_epoch"] == 1
 
-    monkeypatch.setattr(sys, "argv", ["runner", "mnist_logreg", "--lr", "0.1", "--full"])
-    args = runner.parse_args(*[None] * 13, {})
+    args = runner.parse_command_line(["mnist_logreg", "--lr", "0.1", "--full"])
     assert args["batch_size"] is None and args["num_epochs"] is None
     assert args["steps_per_epoch"] is None and args["eval_batches"] is None
+    args = runner.parse_command_line(["mnist_logreg", "--lr", "0.1", "--full", "--bs", "5"])
+    assert args["batch_size"] == 5 and args["num_epochs"] is None
 
 
-def test_unknown_problem_is_a_value_error(monkeypatch):
-    with pytest.raises(ValueError, match="Unknown test problem 'mnist_nope'"):
+def test_unknown_problem_is_an_option_error(monkeypatch):
+    with pytest.raises(OptionError, match="unknown problem 'mnist_nope'"):
         run_cli(monkeypatch, "mnist_nope", "--lr", 0.1, "--bs", 2, "-N", 1)
 
 
-def test_summarize_quantity():
-    import torch
+def test_run_from_python_does_not_read_the_command_line(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["pytest", "--no-such-option", "-x"])
+    output = BackpackRunner(SGD, SGD_HYPERPARAMETERS).run(
+        testproblem="mnist_logreg", hyperparams={"lr": 0.1}, batch_size=2, num_epochs=1,
+        steps_per_epoch=1, eval_batches=1, output_dir=str(tmp_path),
+    )  # fmt: skip
+    assert output["optimizer_hyperparams"] == {"lr": 0.1, "momentum": 0.0}
+    assert output["optimizer_name"] == "SGD"
 
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"num_epochs": -1}, "--num_epochs must be a positive integer"),
+        ({"steps_per_epoch": -2}, "--steps-per-epoch must be a non-negative integer"),
+        ({"eval_batches": -1}, "--eval-batches must be a non-negative integer"),
+        ({"log_interval": -1}, "--log-interval must be a non-negative integer"),
+        ({"hyperparams": {"lr": float("nan")}}, "--lr must be a finite number"),
+        ({"hyperparams": {"lr": 0.1, "momentum": float("inf")}}, "--momentum must be a finite"),
+        ({"output_dir": "/proc/backobs"}, "--output_dir '/proc/backobs'"),
+        ({"device": "cuda:0" if not torch.cuda.is_available() else "tpu"}, "--device"),
+        ({"hyperparams": {}}, "--lr is required"),
+        ({"hyperparams": {"lr": 0.1, "beta": 1.0}}, "unknown hyperparameter(s) beta"),
+    ],
+)
+def test_bad_settings_raise_before_any_work(monkeypatch, settings, fragment):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the problem was set up before the settings were checked")
+
+    runner = BackpackRunner(SGD, SGD_HYPERPARAMETERS)
+    monkeypatch.setattr(runner, "create_testproblem", no_work)
+    arguments = dict(
+        testproblem="mnist_logreg", hyperparams={"lr": 0.1}, batch_size=2, num_epochs=1
+    )
+    arguments.update(settings)
+    with pytest.raises(OptionError) as error:
+        runner.run(**arguments)
+    assert fragment in str(error.value)
+
+
+def test_interrupt_writes_completed_epochs_and_reraises(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    class InterruptedSGD(SGD):
+        def step(self, closure=None):
+            calls.append(1)
+            if len(calls) == 3:  # the first step of the second epoch
+                raise KeyboardInterrupt
+            return super().step(closure)
+
+    runner = BackpackRunner(InterruptedSGD, SGD_HYPERPARAMETERS)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(
+            testproblem="mnist_logreg", hyperparams={"lr": 0.1}, batch_size=2, num_epochs=3,
+            steps_per_epoch=2, eval_batches=1, output_dir=str(tmp_path),
+        )  # fmt: skip
+    (results_file,) = results_files(tmp_path)
+    with open(results_file, encoding="utf-8") as file:
+        recorded = json.load(file, parse_constant=refuse_constant)
+    assert recorded["status"] == "interrupted"
+    assert len(recorded["train_losses"]) == len(recorded["test_losses"]) == 2
+    assert len(recorded["epoch_seconds"]) == 1
+    assert len(read_step_log(results_file)) == 3
+    stdout = capsys.readouterr().out
+    assert "Interrupted: the results hold the 1 of 3 epochs completed" in stdout
+    assert f"[backobs] Results: {results_file}" in stdout
+
+
+def test_synthetic_data_does_not_leak_into_the_next_run(monkeypatch, tmp_path):
+    from backobs import data
+
+    monkeypatch.delenv("BACKOBS_SYNTHETIC_DATA")
+    data._reset_synthetic_switch()
+    BackpackRunner(SGD, SGD_HYPERPARAMETERS).run(
+        testproblem="mnist_logreg", hyperparams={"lr": 0.1}, batch_size=2, num_epochs=1,
+        steps_per_epoch=1, eval_batches=1, synthetic_data=True, no_logs=True,
+    )  # fmt: skip
+    assert not data.synthetic_data_enabled()
+
+
+def test_summarize_quantity():
     grad_batch = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
-    summary = summarize_quantity("grad_batch", grad_batch)
+    summary = summarize_quantity(grad_batch, per_sample=True)
     assert summary["shape"] == [2, 2] and summary["norm"] == pytest.approx(5.0)
     assert summary["sample_norms"] == pytest.approx(
         {"mean": 2.5, "std": 2.5, "min": 0.0, "max": 5.0}
     )
-    factors = summarize_quantity("kfac", [torch.eye(3), 2 * torch.eye(2)])
+    factors = summarize_quantity([torch.eye(3), 2 * torch.eye(2)])
     assert factors["shape"] == [[3, 3], [2, 2]]
     assert factors["norm"] == pytest.approx([3**0.5, 8**0.5])
-    assert "sample_norms" not in summarize_quantity("diag_ggn_mc", torch.ones(2, 2))
+    assert "sample_norms" not in summarize_quantity(torch.ones(2, 2))
+    values = summarize_quantity(torch.tensor([1.0, 3.0]), per_sample=True)["sample_values"]
+    assert values == pytest.approx({"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0})
 
 
 @pytest.mark.parametrize(
@@ -191,7 +292,7 @@ def test_summarize_quantity():
     [
         ("mnist_vae", ["mnist_vae is not supported"]),
         ("cifar10_3c3d", ["cifar10_3c3d adds l2 regularization", "--l2_reg 0.0"]),
-        ("mnist_nope", ["Unknown test problem 'mnist_nope'"]),
+        ("mnist_nope", ["unknown problem 'mnist_nope'"]),
     ],
 )
 def test_main_ends_configuration_errors_with_one_line(monkeypatch, capsys, problem, fragments):

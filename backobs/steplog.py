@@ -1,0 +1,204 @@
+"""A per-step log of extension quantities, usable from any training loop.
+
+:class:`StepLog` summarises what the active extensions wrote on the parameters after each
+backward pass and appends one JSON object per step to a JSON-lines file::
+
+    {"epoch": 0, "step": 2, "global_step": 2, "loss": 2.30,
+     "extensions": {"BatchGrad": {"savefield": "grad_batch", "parameters": {
+         "dense.weight": {"shape": [3, 10, 784], "norm": 0.41, "mean": 1e-09,
+                          "sample_norms": {"mean": 0.23, "std": 0.05,
+                                           "min": 0.18, "max": 0.29}}, ...}}}}
+
+``norm`` is the Euclidean norm of the whole quantity and ``mean`` the mean of its entries.
+Quantities with one entry per sample (``extension.per_sample``) also get the spread of
+their per-sample norms (``sample_norms``), or of their values when they are one number per
+sample (``sample_values``, e.g. ``batch_l2``). Kronecker factors (lists of tensors) get one
+``shape``, ``norm`` and ``mean`` per factor, in the order ``[B, A]``.
+
+The file is strict JSON: a non-finite number (a diverged run) is written as ``null``. It is
+written to ``<path>.part`` while the run goes and renamed to ``path`` when closed, so a
+reader never sees a half-written file under the final name.
+
+Example:
+    >>> log = StepLog("run.steps.jsonl", model, print_interval=0)
+    >>> for step, (x, y) in enumerate(loader):
+    ...     loss = lossfunc(model(x), y)
+    ...     extensions = [BatchGrad(), DiagGGNMC()]
+    ...     with backpack(*extensions):
+    ...         loss.backward()
+    ...     log.record(0, step, step, loss.item(), extensions)
+    >>> log.close()
+"""
+
+import json
+import math
+import os
+
+import torch
+from tqdm import tqdm
+
+__all__ = ["StepLog", "summarize_quantity", "strict_json", "write_json_atomically"]
+
+
+def strict_json(value):
+    """Replace non-finite floats, at any depth, by ``None`` (JSON ``null``).
+
+    Args:
+        value: A structure of dicts, lists, tuples, numbers and strings.
+
+    Returns:
+        The same structure with ``nan``, ``inf`` and ``-inf`` replaced by ``None``.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def write_json_atomically(path, value, indent=4):
+    """Write ``value`` as strict JSON to ``path`` through a temporary file and a rename.
+
+    Args:
+        path (str): The file to write.
+        value: The JSON-serialisable content (non-finite floats become ``null``).
+        indent (int): Indentation, as :func:`json.dump`.
+    """
+    temporary = f"{path}.part"
+    with open(temporary, "w", encoding="utf-8") as file:
+        json.dump(strict_json(value), file, indent=indent, allow_nan=False)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def summarize_quantity(value, per_sample=False):
+    """Summarise one extension quantity of one parameter.
+
+    Args:
+        value (torch.Tensor or list[torch.Tensor]): The quantity; a list for Kronecker
+            factors.
+        per_sample (bool): Whether its first dimension runs over the samples
+            (``extension.per_sample``).
+
+    Returns:
+        dict: ``shape``, ``norm`` (Euclidean norm of all entries) and ``mean``; per-factor
+        lists of these for Kronecker factors; for per-sample quantities ``[N, ...]`` also
+        ``sample_norms`` (mean, std, min, max of the N per-sample norms), for per-sample
+        numbers ``[N]`` ``sample_values`` (the same statistics of the N values).
+    """
+    if isinstance(value, (list, tuple)):
+        summaries = [summarize_quantity(factor) for factor in value]
+        return {key: [summary[key] for summary in summaries] for key in ("shape", "norm", "mean")}
+    entries = value.detach().float()
+    summary = {
+        "shape": list(value.shape),
+        "norm": torch.linalg.vector_norm(entries).item(),
+        "mean": entries.mean().item(),
+    }
+    if per_sample and entries.dim() == 1:
+        summary["sample_values"] = _spread(entries)
+    elif per_sample:
+        summary["sample_norms"] = _spread(torch.linalg.vector_norm(entries.flatten(1), dim=1))
+    return summary
+
+
+def _spread(samples):
+    """Mean, (population) standard deviation, minimum and maximum of a 1d tensor."""
+    mean, std, low, high = torch.stack(
+        [samples.mean(), samples.std(unbiased=False), samples.min(), samples.max()]
+    ).tolist()
+    return {"mean": mean, "std": std, "min": low, "max": high}
+
+
+class StepLog:
+    """Log of the extension quantities after every training step.
+
+    Args:
+        path (str or None): The JSON-lines file to write (``None``: print only). Its folder
+            must exist.
+        net (torch.nn.Module): The model whose parameters carry the quantities.
+        print_interval (int): Print the shapes of the quantities every this many global
+            steps, as the original BackOBS did (``[backobs] Extension: BatchGrad`` and one
+            ``Parameter 0: Shape (3, 10, 784)`` line per parameter); 0 never prints.
+    """
+
+    def __init__(self, path, net, print_interval=0):
+        self.path = path
+        self._print_interval = print_interval
+        self._named_parameters = list(net.named_parameters())
+        self._file = None
+        self.steps = 0
+
+    def record(self, epoch, step, global_step, loss, extensions):
+        """Summarise the quantities now on the parameters (after ``backward()``).
+
+        Args:
+            epoch (int): The epoch, from 0.
+            step (int): The step within the epoch, from 0.
+            global_step (int): The step counted over all epochs.
+            loss (float): The mini-batch loss.
+            extensions (list): The extension instances that were active.
+        """
+        verbose = self._print_interval and global_step % self._print_interval == 0
+        if not (verbose or self.path):
+            return
+        entry = {"epoch": epoch, "step": step, "global_step": global_step, "loss": loss}
+        entry["extensions"] = {}
+        for extension in extensions:
+            name = _unique_key(type(extension).__name__, entry["extensions"])
+            values = [getattr(p, extension.savefield, None) for _, p in self._named_parameters]
+            if verbose:
+                _print_shapes(name, values)
+            if self.path:
+                per_sample = getattr(extension, "per_sample", False)
+                entry["extensions"][name] = {
+                    "savefield": extension.savefield,
+                    "parameters": {
+                        param_name: None if value is None else summarize_quantity(value, per_sample)
+                        for (param_name, _), value in zip(self._named_parameters, values)
+                    },
+                }
+        if self.path:
+            self.write(entry)
+
+    def write(self, entry):
+        """Append one entry (a dict) to the log as a line of strict JSON.
+
+        Args:
+            entry (dict): The entry; non-finite numbers are written as ``null``.
+        """
+        if self._file is None:
+            self._file = open(f"{self.path}.part", "w", encoding="utf-8")
+        self._file.write(json.dumps(strict_json(entry), allow_nan=False) + "\n")
+        self._file.flush()
+        self.steps += 1
+
+    def close(self):
+        """Close the file and move it to its final name (nothing if nothing was written)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            os.replace(f"{self.path}.part", self.path)
+
+
+def _print_shapes(name, values):
+    lines = [f"[backobs] Extension: {name}"]
+    for index, value in enumerate(values):
+        if value is None:
+            lines.append(f"  Parameter {index}: missing")
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"  Parameter {index}: Shapes {[tuple(f.shape) for f in value]}")
+        else:
+            lines.append(f"  Parameter {index}: Shape {tuple(value.shape)}")
+    tqdm.write("\n".join(lines))
+
+
+def _unique_key(name, taken):
+    key, copy = name, 1
+    while key in taken:
+        copy += 1
+        key = f"{name}#{copy}"
+    return key
