@@ -1,0 +1,143 @@
+"""The ``backobs`` command: ``run``, ``sweep`` and ``report`` (also ``python -m backobs``).
+
+Every subcommand checks its options before any work: a bad value ends the command with one
+line on stderr (``backobs run: error: ...``) and exit code 2; Ctrl-C ends it with exit code
+130 and no traceback, after what was finished is written.
+
+Examples:
+    backobs run mnist_logreg --optimizer kfac --lr 0.1 --damping 0.01 --synthetic-data
+    backobs sweep sweep.yaml --workers 2
+    backobs report results -o report
+"""
+
+import argparse
+import sys
+
+from backobs import options
+
+__all__ = ["main", "build_parser"]
+
+_DESCRIPTION = (
+    "Benchmark optimizers that use more than the gradient on DeepOBS problems, with "
+    "BackPACK-style extensions."
+)
+
+
+def _optimizer_from(argv):
+    """The value of ``--optimizer`` in ``argv``, if any (needed to know its options)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--optimizer")
+    known, _ = pre.parse_known_args(argv)
+    return known.optimizer
+
+
+def _add_run_parser(subparsers, argv):
+    from backobs import optim
+
+    parser = subparsers.add_parser(
+        "run",
+        help="Train one optimizer on one DeepOBS problem (the runner, with extensions).",
+        description="Train an optimizer of backobs.optim on a DeepOBS problem with the "
+        "extensions it needs active (and those of --extensions logged), writing DeepOBS's "
+        "results file and a per-step log. `backobs run --optimizer NAME --help` lists NAME's "
+        "hyperparameters.",
+    )
+    name = _optimizer_from(argv)
+    parser.add_argument(
+        "--optimizer",
+        required=True,
+        choices=list(optim.OPTIMIZERS),
+        metavar="NAME",
+        help="One of: "
+        + "; ".join(f"{key} ({spec.description})" for key, spec in optim.OPTIMIZERS.items()),
+    )
+    hyperparameters = optim.OPTIMIZERS[name].hyperparameters if name in optim.OPTIMIZERS else {}
+    options.add_run_arguments(parser, hyperparameters)
+    parser.set_defaults(handler=_run_command, hyperparameter_names=hyperparameters)
+
+
+def _run_command(args):
+    from backobs import optim
+    from backobs.runs import make_runner
+
+    hyperparameters = args.hyperparameter_names
+    del args.hyperparameter_names
+    optimizer = args.optimizer
+    del args.optimizer
+    arguments = options.run_arguments(args, hyperparameters)
+    try:
+        arguments["hyperparams"] = optim.check_hyperparameters(optimizer, arguments["hyperparams"])
+    except ValueError as error:
+        raise options.OptionError(str(error)) from None
+    runner = make_runner(optimizer, progress_bar=True)
+    output = runner.run(**arguments)
+    return 0 if output is None or output.get("status") != "interrupted" else 130
+
+
+def build_parser(argv=()):
+    """The ``backobs`` argument parser.
+
+    Args:
+        argv (list[str]): The arguments about to be parsed (``run`` needs the optimizer's
+            name to know its hyperparameter options).
+
+    Returns:
+        argparse.ArgumentParser: The parser; ``args.handler(args)`` runs the subcommand.
+    """
+    from backobs import report, sweep
+
+    parser = options.OneLineParser(prog="backobs", description=_DESCRIPTION)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run_parser(subparsers, list(argv))
+    for name, module, summary in (
+        ("sweep", sweep, "Run a grid of runs (problems x optimizers x settings x seeds) on Dask."),
+        ("report", report, "Compare optimizers from a results folder: tables and figures."),
+    ):
+        sub = subparsers.add_parser(
+            name, help=summary, description=(module.__doc__ or summary).strip().split("\n")[0]
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.command)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``backobs`` command.
+
+    Args:
+        argv (list[str], optional): The arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        int: The exit code (0 success, 2 bad input, 130 interrupted).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        prog = f"backobs {args.command}"
+        try:
+            return int(args.handler(args) or 0)
+        except (options.OptionError, NotImplementedError) as error:
+            _error(prog, error)
+            return 2
+        except _data_unavailable() as error:
+            _error(prog, error)
+            return 2
+    except KeyboardInterrupt:
+        print("backobs: interrupted", file=sys.stderr)
+        return 130
+
+
+def _data_unavailable():
+    from backobs.data import DataUnavailableError
+
+    return DataUnavailableError
+
+
+def _error(prog, error):
+    message = " ".join(str(error).split())
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
