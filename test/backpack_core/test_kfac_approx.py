@@ -98,6 +98,16 @@ def test_default_is_backpack_and_shown_in_repr():
     assert KFRA().kfac_approx == "backpack"
 
 
+@pytest.mark.parametrize("shape", [(7, 5), (40, 300), (9, 1030), (2, 256)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gram_in_blocks_equals_the_product(shape, transposed):
+    from backpack_core.derivatives.base import gram
+
+    rows = torch.randn(shape[::-1] if transposed else shape, dtype=torch.float64)
+    rows = rows.T if transposed else rows
+    assert_close(gram(rows), rows.T @ rows, **TOLERANCES)
+
+
 # --------------------------------------------------------------------------------------------
 # against the per-convention references from the exact output GGNs
 # --------------------------------------------------------------------------------------------
@@ -115,6 +125,43 @@ def test_kflr_matches_reference_in_each_convention(setting_id, kfac_approx):
         if bias is not None:
             assert len(bias.kflr) == 1
             assert_close(bias.kflr[0], B, **setting.tolerances)
+
+
+@pytest.mark.parametrize("kfac_approx", ["backpack", "expand"])
+@pytest.mark.parametrize("setting_id", ["conv2d-stride-padding-sigmoid-ce-mean", "conv3d-ce-mean"])
+def test_input_factor_from_patches_of_a_few_samples_at_a_time(monkeypatch, setting_id, kfac_approx):
+    from backpack_core.derivatives import convolution
+
+    monkeypatch.setattr(convolution, "_PATCH_BUFFER_ELEMENTS", 1)  # one sample per chunk
+    setting = _setting(setting_id)
+    params = run_extended(setting, KFLR(kfac_approx=kfac_approx))
+    for layer, (_, A) in _references(setting, kfac_approx).items():
+        assert_close(params[f"{layer}.weight"].kflr[1], A, **setting.tolerances)
+
+
+STRIDE_ONE_IDS = [
+    "conv1d-relu-ce-mean",
+    "conv2d-ce-mean",
+    "conv2d-same-tanh-mse-mean",
+    "conv2d-dilation-ce-mean",
+    "conv2d-padding-relu-conv-mse-sum",
+    "conv3d-ce-mean",
+    "zeropad2d-ce-mean",
+    "conv2d-ce-sum-float32",
+]
+
+
+@pytest.mark.parametrize("kfac_approx", ["backpack", "expand"])
+@pytest.mark.parametrize("setting_id", STRIDE_ONE_IDS)
+def test_input_factor_from_shifted_products(monkeypatch, setting_id, kfac_approx):
+    # the form chosen for stride-1 convolutions with many channels, forced on small ones
+    from backpack_core.derivatives.convolution import ConvolutionDerivatives
+
+    monkeypatch.setattr(ConvolutionDerivatives, "_input_gram", ConvolutionDerivatives._shift_gram)
+    setting = _setting(setting_id)
+    params = run_extended(setting, KFLR(kfac_approx=kfac_approx))
+    for layer, (_, A) in _references(setting, kfac_approx).items():
+        assert_close(params[f"{layer}.weight"].kflr[1], A, **setting.tolerances)
 
 
 @pytest.mark.parametrize("setting_id", ["linear-ce-mean", "linear-mse-sum"])
@@ -358,7 +405,19 @@ def _linear_extradims_flatten_net():
     return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
 
 
+def _wide_net():
+    # wide enough (C_in * k * k = 288, 300 inputs) for the Gram products in blocks
+    return nn.Sequential(
+        nn.Conv2d(32, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(300, 300),
+        nn.Linear(300, 3),
+    )
+
+
 CURVLINOPS_CASES = [
+    ("wide-ce", _wide_net, (3, 32, 10, 10), "ce"),
     ("conv-ce", _conv_net, (4, 2, 4, 4), "ce"),
     ("conv-mse", _conv_net, (3, 2, 4, 4), "mse"),
     ("linear-extradims-mse", _linear_extradims_net, (3, 5, 3), "mse"),
