@@ -90,10 +90,12 @@ class DampedNewton(torch.optim.Optimizer):
       with the current gradient. Without the moving average the steps in between need no
       curvature at all, and :meth:`extensions` returns none for them.
 
-    ``step()`` consumes the quantity (removes the attribute from the parameter), so a step
+    ``step()`` consumes the quantity: it removes the attribute from the parameter, so a step
     after a backward pass outside ``backpack(*optimizer.extensions())`` raises instead of
-    reusing an old curvature. A non-finite curvature or update raises
-    :class:`NonFiniteUpdateError` before any parameter is changed.
+    reusing an old curvature, and the default diagonal step computes the update in the
+    curvature's memory (clone ``p.diag_ggn_mc`` before ``step()`` to keep it). A
+    non-finite curvature or update raises :class:`NonFiniteUpdateError` before any
+    parameter is changed.
 
     Example::
 
@@ -210,39 +212,68 @@ class DampedNewton(torch.optim.Optimizer):
                 "backpack(*optimizer.extensions()), then call step()."
             )
         # Everything is computed and checked before the first parameter changes.
-        updates = []
+        updates, checks = [], []
         for group_index, group in enumerate(self.param_groups):
             names = group.get("param_names")
             for index, parameter in enumerate(group["params"]):
                 if parameter.grad is None:
                     continue
-                name = _describe(parameter, names[index] if names else None, index, group_index)
-                new_state, direction = self._direction(parameter, group, name)
-                if not torch.isfinite(direction).all():
-                    raise NonFiniteUpdateError(
-                        f"the update of {name} is not finite (gradient or curvature too large, "
-                        "or damping too small); no parameter was changed."
-                    )
-                updates.append((parameter, new_state, direction, group["lr"]))
-        for parameter, new_state, direction, lr in updates:
+                where = (parameter, names[index] if names else None, index, group_index)
+                new_state, update, parts = self._direction(parameter, group, where)
+                updates.append((parameter, new_state, update, group["lr"]))
+                checks += [(where, *part) for part in parts]
+        # A NaN or an infinity anywhere makes a sum (or a dot product) non-finite: one
+        # synchronisation for all parameters.
+        if checks and not torch.isfinite(torch.stack([c[-1] for c in checks])).all():
+            self._raise_non_finite(checks)
+        for parameter, new_state, update, lr in updates:
             self.state[parameter].update(new_state)
-            parameter.sub_(direction, alpha=lr)
+            if update[0] == "divide":  # θ ← θ − lr · g / (C + damping), in C's memory
+                _, grad, diagonal, damping = update
+                parameter.addcdiv_(grad, diagonal.add_(damping), value=-lr)
+            else:
+                _, direction, scale = update
+                parameter.add_(direction, alpha=-lr * scale)
 
-    def _direction(self, parameter, group, name):
-        """The new state of ``parameter`` and ``(C + damping·I)⁻¹ g``, not yet applied."""
+    def _raise_non_finite(self, checks):
+        for where, tensors, total in checks:
+            if torch.isfinite(total):
+                continue
+            for label, tensor in tensors:
+                if not torch.isfinite(tensor).all():
+                    raise _non_finite(self.curvature, where, label)
+            raise _non_finite(self.curvature, where, "update")  # finite parts, overflow
+
+    def _direction(self, parameter, group, where):
+        """New state, the update (not yet applied) and what to check, for one parameter.
+
+        The update is ``("add", direction, scale)`` for ``θ ← θ − lr · scale · direction`` or
+        ``("divide", g, C, damping)`` for ``θ ← θ − lr · g / (C + damping)``; each check is
+        ``(tensors by label, a scalar that is finite if they are)``.
+        """
         state = self.state[parameter]
         step = state.get("step", 0) + 1
         new_state = {"step": step}
         damping = group["damping"]
         grad = parameter.grad
         if self.curvature == "zero":
-            return new_state, grad / damping
+            return new_state, ("add", grad, 1 / damping), [([("gradient", grad)], grad.sum())]
         if not _needs_curvature(group, step):
             if hasattr(parameter, self.curvature):
                 delattr(parameter, self.curvature)  # not needed, but must not go stale
-            return new_state, self._apply(state["inverse"], grad)
-        curvature = self._take_curvature(parameter, name)
+            direction = self._apply(state["inverse"], grad)
+            return new_state, ("add", direction, 1.0), [([("update", direction)], direction.sum())]
+        curvature = self._take_curvature(parameter, where)
         decay = group["ema_decay"]
+        refresh = (step - 1) % group["inverse_interval"] == 0
+        if self.curvature in _DIAGONAL and decay == 0 and group["inverse_interval"] == 1:
+            # The default diagonal step, in the fewest passes over memory (on CPUs they cost
+            # more than the arithmetic): C ≥ 0 and g finite give a finite update, and one dot
+            # product is non-finite if either has a NaN or an infinity.
+            (diagonal,) = curvature
+            parts = [("curvature", diagonal), ("gradient", grad)]
+            total = torch.dot(diagonal.flatten(), grad.flatten())
+            return new_state, ("divide", grad, diagonal, damping), [(parts, total)]
         if decay > 0:
             previous = state.get("average")
             if previous is None:
@@ -251,34 +282,37 @@ class DampedNewton(torch.optim.Optimizer):
                 average = [decay * p + (1 - decay) * c for p, c in zip(previous, curvature)]
             new_state["average"] = average
             correction = 1 - decay**step
-            curvature = [a / correction for a in average]
-        if (step - 1) % group["inverse_interval"] == 0:
+            read, curvature = curvature, [a / correction for a in average]
+        else:
+            read = curvature
+        if refresh:
+            if self.curvature in _KRONECKER:
+                for tensor in curvature:  # the factorisations need finite factors
+                    if not torch.isfinite(tensor).all():
+                        raise _non_finite(self.curvature, where, "curvature")
             inverse = self._damped_inverse(curvature, damping, parameter)
             new_state["inverse"] = inverse
         else:
             inverse = state["inverse"]
-        return new_state, self._apply(inverse, grad)
+        direction = self._apply(inverse, grad)
+        parts = [([("curvature", tensor)], tensor.sum()) for tensor in read]
+        parts.append(([("update", direction)], direction.sum()))
+        return new_state, ("add", direction, 1.0), parts
 
-    def _take_curvature(self, parameter, name):
+    def _take_curvature(self, parameter, where):
         """The curvature as a list of tensors (one for a diagonal), removed from ``parameter``."""
         savefield = self.curvature
         value = getattr(parameter, savefield, None)
         if value is None:
             extension = self.extensions() or "the curvature extension"
             raise RuntimeError(
-                f"{name} has a gradient but no .{savefield}: the backward pass ran without "
-                f"{extension}. Run it inside `with backpack(*optimizer.extensions()):` on a "
-                "model (and loss) extended with backpack_core.extend, and call "
+                f"{_describe(*where)} has a gradient but no .{savefield}: the backward pass "
+                f"ran without {extension}. Run it inside `with backpack(*optimizer.extensions()):`"
+                " on a model (and loss) extended with backpack_core.extend, and call "
                 "optimizer.extensions() again before every backward pass."
             )
         delattr(parameter, savefield)
-        curvature = [value] if self.curvature in _DIAGONAL else list(value)
-        for tensor in curvature:
-            if not torch.isfinite(tensor).all():
-                raise NonFiniteUpdateError(
-                    f"the curvature .{savefield} of {name} is not finite; no parameter was changed."
-                )
-        return curvature
+        return [value] if self.curvature in _DIAGONAL else list(value)
 
     def _damped_inverse(self, curvature, damping, parameter):
         if self.curvature in _DIAGONAL:
@@ -305,6 +339,18 @@ class DampedNewton(torch.optim.Optimizer):
 
 def _needs_curvature(group, step):
     return group["ema_decay"] > 0 or (step - 1) % group["inverse_interval"] == 0
+
+
+def _non_finite(savefield, where, label):
+    if label == "update":
+        problem = (
+            "the update of {} is not finite (gradient or curvature too large, or damping too small)"
+        )
+    elif label == "gradient":
+        problem = "the gradient of {} is not finite"
+    else:
+        problem = f"the curvature .{savefield} of {{}} is not finite"
+    return NonFiniteUpdateError(problem.format(_describe(*where)) + "; no parameter was changed.")
 
 
 def _describe(parameter, name, index, group_index):

@@ -121,7 +121,9 @@ def train(model, lossfunc, inputs, targets, optimizer, steps, savefield):
             value = getattr(p, savefield, None)
             if isinstance(value, list):
                 value = [factor.clone() for factor in value]
-            record["curvature"][name] = None if value is None else value
+            elif value is not None:
+                value = value.clone()  # the default diagonal step reuses its memory
+            record["curvature"][name] = value
         optimizer.step()
         for name, p in model.named_parameters():
             record["after"][name] = p.detach().clone()
@@ -456,3 +458,14 @@ def test_step_consumes_the_quantity():
     assert isinstance(optimizer.extensions()[0], DiagGGNExact)
     optimizer.step()
     assert not hasattr(model[0].weight, "diag_ggn_exact")
+
+
+@pytest.mark.parametrize("curvature", ["diag_ggn_exact", "zero"])
+def test_non_finite_gradient_names_the_parameter(curvature):
+    weight = nn.Parameter(torch.ones(3))
+    weight.grad = torch.tensor([0.0, float("-inf"), 1.0])
+    weight.diag_ggn_exact = torch.zeros(3)  # inf * 0 must not hide the infinity
+    optimizer = DampedNewton([("w", weight)], curvature, lr=0.1, damping=0.1)
+    with pytest.raises(NonFiniteUpdateError, match="gradient of parameter 'w'"):
+        optimizer.step()
+    assert torch.equal(weight.detach(), torch.ones(3))
