@@ -868,14 +868,14 @@ def plot_performance(report, path):
 def _x_hyperparameter(settings):
     """The hyperparameter on the x axis: the learning rate, else the first that varies."""
     names = list(settings[0].hyperparams)
-    for name in _LEARNING_RATE_NAMES:
-        if name in names:
-            return name
     numeric = [
         name
         for name in names
         if all(_is_number(setting.hyperparams.get(name)) for setting in settings)
     ]
+    for name in _LEARNING_RATE_NAMES:
+        if name in numeric:
+            return name
     varying = [
         name for name in numeric if len({setting.hyperparams[name] for setting in settings}) > 1
     ]
