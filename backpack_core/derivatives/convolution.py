@@ -366,9 +366,9 @@ class ConvolutionDerivatives(Derivatives):
 
     def kronecker_output_factor(self, io, mat, approx="backpack"):
         if approx == "expand":
-            # [V, N, O, T] -> [O, V * N * T]: a Gram product over columns, samples, positions
-            rows = mat.flatten(3).permute(2, 0, 1, 3).reshape(mat.shape[2], -1)
-            return gram(rows.T)
+            # one [O, T] x [T, O] product per column and sample, in the natural layout
+            columns = mat.flatten(3).flatten(0, 1)  # [V * N, O, T]
+            return torch.matmul(columns, columns.transpose(1, 2)).sum(0)
         # BackPACK 1.7's convention and reduce: sum each column over the positions first.
         summed = mat.flatten(3).sum(3)  # [V, N, O]
         return gram(summed.flatten(0, 1))
