@@ -196,6 +196,8 @@ def read_results(results_dir, exclude=(), warn=None):
     if its file says ``"status": "diverged"``, holds a non-finite metric (BackOBS writes them
     as ``null``, DeepOBS as ``NaN``), or ends with exactly its initial train, validation,
     test and mini-batch losses (what DeepOBS writes for the epochs after it aborts a run).
+    Of two files of the same seed in one settings folder the newer (DeepOBS's file names end
+    with the date) is read, the other left out with a warning.
 
     Args:
         results_dir (str): The results folder (a runner's ``--output_dir``).
@@ -308,10 +310,9 @@ def _read_run(path):
     if epoch_seconds is not None:
         epoch_seconds = _numbers(epoch_seconds, "epoch_seconds")
     minibatch = metrics.pop("minibatch_train_losses", np.array([]))
-    per_epoch = [values for values in metrics.values()]
     diverged = (
         status == "diverged"
-        or not all(np.isfinite(values).all() for values in per_epoch)
+        or not all(np.isfinite(values).all() for values in metrics.values())
         or not np.isfinite(minibatch).all()
         or _ends_with_deepobs_fill_in(metrics, minibatch)
     )

@@ -335,6 +335,26 @@ def test_messy_folder_marks_and_warnings(tmp_path, capsys):
     assert not (out / "quadratic_deep_cost.png").exists()
 
 
+def test_a_rerun_seed_counts_once_with_its_newest_file(tmp_path, capsys):
+    old = write_result(str(tmp_path), "p_x", "sgd", {"lr": 0.1}, 1, test_losses=[2.0, 1.0, 0.9])
+    new = write_result(str(tmp_path), "p_x", "sgd", {"lr": 0.1}, 1, test_losses=[2.0, 1.0, 0.3],
+                       file_name="random_seed__1__2026-02-01-00-00-00.json")  # fmt: skip
+    reports = report.build_report(report.read_results(str(tmp_path)))
+    (run,) = reports["p_x"].best("sgd").setting.runs
+    assert run.path == new and run.metrics["test_losses"][-1] == 0.3
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"backobs report: warning: skipped {old}: a newer file of seed 1")
+
+
+def test_the_default_output_folder_is_not_read_as_results(clean_folder, capsys):
+    for _ in range(2):
+        assert report.command(parse(clean_folder)) == 0
+    assert capsys.readouterr().err == ""
+    assert_png(clean_folder / "report" / "mnist_logreg_performance.png")
+    reports = report.build_report(report.read_results(str(clean_folder)))
+    assert list(reports) == ["mnist_logreg"]
+
+
 def test_a_setting_that_only_diverged_is_still_reported(tmp_path):
     write_result(str(tmp_path), "p_x", "adam", {"lr": 10.0}, 1, status="diverged",
                  valid_accuracies=[0.1, None, None])  # fmt: skip
