@@ -10,7 +10,8 @@ as BackOBS's runner and DeepOBS's own PyTorch runners write it (step logs
 (hyperparameter combinations) are ranked by DeepOBS's rule: the final value of the
 validation accuracy, averaged over the seeds, or of the validation loss where a problem has
 no accuracies (``--metric`` chooses another metric; ``--mode best`` ranks by the best epoch
-instead of the last). The best setting of each optimizer is reported:
+instead of the last, ``--mode most`` puts the settings with the most seeds first, for the
+folder of ``backobs sweep --final-seeds``). The best setting of each optimizer is reported:
 
 - ``report.md`` / ``report.csv``: problem, optimizer, best hyperparameters, seeds, final test
   accuracy and loss (mean ± standard deviation over the seeds, or median and quartiles with
@@ -87,8 +88,9 @@ METRICS = (
 )
 """The metrics a setting can be ranked by (DeepOBS's keys)."""
 
-MODES = ("final", "best")
-"""``final``: rank by the last epoch's value; ``best``: by the best epoch's value."""
+MODES = ("final", "best", "most")
+"""``final``: rank by the last epoch's value; ``best``: by the best epoch's value; ``most``:
+the settings with the most seeds first, then by the last epoch's value (DeepOBS's modes)."""
 
 AGGREGATES = ("mean", "median")
 """``mean``: mean ± standard deviation over seeds; ``median``: median and quartiles."""
@@ -436,7 +438,7 @@ class ProblemReport:
     Attributes:
         problem (str): The problem's folder name.
         metric (str): The metric the settings were ranked by.
-        mode (str): ``"final"`` or ``"best"``.
+        mode (str): ``"final"``, ``"best"`` or ``"most"``.
         how (str): ``"mean"`` or ``"median"``.
         rankings (dict[str, list[RankedSetting]]): optimizer -> its settings, best first.
         has_accuracies (bool): Every run records accuracies.
@@ -454,6 +456,16 @@ class ProblemReport:
     def best(self, optimizer):
         """RankedSetting: The optimizer's best setting."""
         return self.rankings[optimizer][0]
+
+    @property
+    def score_name(self):
+        """str: What a setting's score is, e.g. ``"final valid_accuracies"``."""
+        return f"{'best' if self.mode == 'best' else 'final'} {self.metric}"
+
+    @property
+    def ranked_by(self):
+        """str: The ranking rule, e.g. ``"final valid_accuracies"``."""
+        return f"most seeds, then {self.score_name}" if self.mode == "most" else self.score_name
 
     @property
     def sgd(self):
@@ -478,7 +490,7 @@ def _ranking_metric(metric, settings):
 
 def _score(curve, metric, mode):
     center = curve.center
-    if mode == "final":
+    if mode != "best":
         index = len(center) - 1
     else:
         finite = np.isfinite(center)
@@ -498,7 +510,9 @@ def build_report(results, metric=None, mode="final", how="mean"):
         metric (str, optional): The ranking metric (one of :data:`METRICS`); default
             DeepOBS's rule: ``valid_accuracies``. Where a problem's runs lack the accuracy,
             the loss of the same split is used.
-        mode (str): ``"final"`` (last epoch) or ``"best"`` (best epoch of the aggregate).
+        mode (str): ``"final"`` (last epoch), ``"best"`` (best epoch of the aggregate) or
+            ``"most"`` (most seeds first, then the last epoch: after DeepOBS's protocol, which
+            re-runs only the best setting of a one-seed sweep with more seeds).
         how (str): ``"mean"`` or ``"median"``: the aggregate over seeds that is ranked and
             reported.
 
@@ -535,7 +549,8 @@ def build_report(results, metric=None, mode="final", how="mean"):
 def _rank(settings, metric, mode, how):
     """The settings of one optimizer, best first.
 
-    Diverged settings come last, then settings without a finite score. An accuracy that ties
+    Diverged settings come last, then settings without a finite score; with ``most``, more
+    seeds come first among the others. An accuracy that ties
     (saturated at 1.0, or coarse with few evaluation batches) is decided by the loss of the
     same split; remaining ties keep folder order (DeepOBS sorts the folders, then the values).
     """
@@ -547,6 +562,7 @@ def _rank(settings, metric, mode, how):
         loss, _ = _score(aggregate(setting.values(tie_breaker), how), tie_breaker, mode)
         return (
             setting.diverged_runs > 0,
+            -len(setting.runs) if mode == "most" else 0,
             math.isnan(score),
             0.0 if math.isnan(score) else sign * score,
             math.isnan(loss),
@@ -646,7 +662,7 @@ def summary_table(reports):
                 "all_hyperparameters": format_hyperparams(setting.hyperparams),
                 "seeds": len(setting.runs),
                 "settings": len(ranking),
-                "ranked_by": f"{report.mode} {report.metric}",
+                "ranked_by": report.ranked_by,
                 "score": best.score,
             }
             for column, metric in (
@@ -701,7 +717,7 @@ def settings_table(reports):
             ),
             "all_hyperparameters": format_hyperparams(item.setting.hyperparams),
             "seeds": len(item.setting.runs),
-            "ranked_by": f"{report.mode} {report.metric}",
+            "ranked_by": report.ranked_by,
             "score": item.score,
             "score_spread": item.score_spread,
             "notes": "; ".join(item.notes),
@@ -857,8 +873,7 @@ def plot_performance(report, path):
     figure.suptitle(
         _title(
             report,
-            f"best setting per optimizer by {report.mode} {report.metric}, "
-            f"{_aggregate_words(report.how)}",
+            f"best setting per optimizer by {report.ranked_by}, {_aggregate_words(report.how)}",
         ),
         fontsize="medium",
     )
@@ -977,11 +992,9 @@ def plot_sensitivity(report, path):
         axis.set_xlabel(x_name or "setting")
         axis.set_title(optimizer)
         axis.legend(fontsize="x-small")
-    axes[0].set_ylabel(f"{report.mode} {report.metric}")
+    axes[0].set_ylabel(report.score_name)
     figure.suptitle(
-        _title(
-            report, f"{report.mode} {report.metric} per setting, {_aggregate_words(report.how)}"
-        ),
+        _title(report, f"{report.score_name} per setting, {_aggregate_words(report.how)}"),
         fontsize="medium",
     )
     figure.savefig(path, dpi=100)
@@ -1157,7 +1170,9 @@ def add_arguments(parser):
         "--mode",
         default="final",
         choices=MODES,
-        help="final: rank by the last epoch's value (default); best: by the best epoch's.",
+        help="final: rank by the last epoch's value (default); best: by the best epoch's; "
+        "most: the settings with the most seeds first (after backobs sweep --final-seeds), "
+        "then by the last epoch's value.",
     )
     parser.add_argument(
         "--aggregate",

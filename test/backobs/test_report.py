@@ -140,6 +140,24 @@ def test_mode_best_ranks_by_the_best_epoch(clean_folder):
     assert reports["mnist_logreg"].best("sgd").score == pytest.approx(0.95)
 
 
+def test_mode_most_puts_the_setting_rerun_with_more_seeds_first(tmp_path):
+    # DeepOBS's protocol: a one-seed sweep, then the chosen setting with more seeds, whose
+    # mean (0.8) may end below another setting's single value (0.9).
+    write_result(str(tmp_path), "p_x", "sgd", {"lr": 0.1}, 42, valid_accuracies=[0.1, 0.5, 0.9])
+    for seed in (42, 43, 44):
+        write_result(str(tmp_path), "p_x", "sgd", {"lr": 0.2}, seed,
+                     valid_accuracies=[0.1, 0.5, 0.8])  # fmt: skip
+    results = report.read_results(str(tmp_path))
+    final = report.build_report(results)["p_x"].rankings["sgd"]
+    assert [item.setting.hyperparams for item in final] == [{"lr": 0.1}, {"lr": 0.2}]
+    assert final[0].notes == ["1 of 3 seeds"]
+    most = report.build_report(results, mode="most")["p_x"].rankings["sgd"]
+    assert [item.setting.hyperparams for item in most] == [{"lr": 0.2}, {"lr": 0.1}]
+    assert most[0].score == pytest.approx(0.8)
+    summary = report.summary_table(report.build_report(results, mode="most"))
+    assert list(summary["ranked_by"]) == ["most seeds, then final valid_accuracies"]
+
+
 def test_metric_option_ranks_by_another_metric(clean_folder):
     # Final test loss: lr=0.1 ends at (1 + 2) / 2 = 1.5, lr=0.01 at the default 0.5.
     reports = report.build_report(report.read_results(str(clean_folder)), metric="test_losses")
@@ -384,7 +402,7 @@ def test_bad_options_are_option_errors(clean_folder, tmp_path):
         report.command(parse(tmp_path / "missing"))
     arguments = parse(clean_folder)
     arguments.mode = "worst"
-    with pytest.raises(OptionError, match="--mode must be one of final, best, got 'worst'"):
+    with pytest.raises(OptionError, match="--mode must be one of final, best, most, got 'worst'"):
         report.command(arguments)
     blocker = tmp_path / "file"
     blocker.write_text("")
