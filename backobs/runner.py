@@ -441,10 +441,10 @@ class BackpackRunner(_deepobs.runners.PTRunner):
                     print_train_iter,
                     summary_writer,
                 )
-                self._state["epoch_seconds"].append(time.perf_counter() - started)
                 if not finite:
                     self._abort_routine(epoch_count, num_epochs, *(metrics[k] for k in _ABORT))
                     break
+                self._state["epoch_seconds"].append(time.perf_counter() - started)
         except KeyboardInterrupt:
             self._state["status"] = "interrupted"
             _keep_completed_epochs(metrics)
