@@ -299,8 +299,9 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, extensions_op
             choices=EXTENSION_NAMES,
             default=None,
             metavar="NAME",
-            help="Extensions active in every training step, logged for every step. One or "
-            f"more of: {', '.join(EXTENSION_NAMES)}.",
+            help="Extensions active in every training step, logged for every step (default: "
+            "BatchGrad, if the optimizer needs none itself). One or more of: "
+            f"{', '.join(EXTENSION_NAMES)}.",
         )
     backobs.add_argument(
         "--steps-per-epoch",

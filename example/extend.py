@@ -78,6 +78,8 @@ def set_up_mnist_logreg(batch_size, synthetic_data=False):
     """Build and set up ``mnist_logreg``; fall back to synthetic data without MNIST files."""
     if synthetic_data:
         backobs.use_synthetic_data()
+    # Route DeepOBS's data sets through BackOBS: one clear error when MNIST is missing.
+    backobs.data.install()
     tproblem = testproblems.mnist_logreg(batch_size=batch_size)
     try:
         tproblem.set_up()

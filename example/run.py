@@ -3,8 +3,10 @@
 The command line is DeepOBS's (problem name, ``--lr``, ``--momentum``, ``--batch_size``,
 ``--num_epochs``, ``--random_seed``, ``--data_dir``, ``--output_dir``, ``--weight_decay``
 ...) plus BackOBS's options (``--extensions``, ``--l2_reg``, ``--synthetic-data``,
-``--steps-per-epoch``, ``--eval-batches``, ``--log-interval``, ``--device``); ``--help``
-lists them all.
+``--steps-per-epoch``, ``--eval-batches``, ``--log-interval``, ``--device``), defined once
+in :mod:`backobs.options` and shared with ``backobs run``; ``--help`` lists them all. Every
+value is checked before any work (one line on stderr, exit code 2); Ctrl-C writes the
+completed epochs and exits with code 130.
 
 The defaults are a demo that finishes in seconds, as in the original BackOBS README: one
 epoch of three steps with batch size 3, BatchGrad, and evaluation on the first
@@ -23,8 +25,8 @@ from torch.optim import SGD
 from backobs.runner import BackpackRunner
 
 SGD_HYPERPARAMETERS = {
-    "lr": {"type": float},
-    "momentum": {"type": float, "default": 0.0},
+    "lr": {"type": float, "help": "Learning rate."},
+    "momentum": {"type": float, "default": 0.0, "help": "Momentum factor."},
 }
 
 DEMO_DEFAULTS = {
