@@ -20,20 +20,16 @@ random_seed__<seed>__<date>.json``). What it adds:
 - its options (:mod:`backobs.options`) are checked before any work.
 """
 
-import math
 import os
 import sys
-import time
 import warnings
 from contextlib import contextmanager
-
-from tqdm import tqdm
 
 import backobs
 from backobs import _deepobs, options
 from backobs import data as data_sources
 from backobs.steplog import StepLog, write_json_atomically
-from backpack_core import backpack
+from backobs.training import TrainingLoop
 from backpack_core import extensions as extensions_module
 
 __all__ = ["BackpackRunner", "EXTENSION_NAMES"]
@@ -43,15 +39,6 @@ EXTENSION_NAMES = options.EXTENSION_NAMES
 # Training parameters that change the numbers in the results file and therefore belong
 # in the name of DeepOBS's settings folder (the others only change what is logged).
 _RESULT_CHANGING_OPTIONS = ("steps_per_epoch", "eval_batches", "synthetic_data")
-_METRICS = (
-    "train_losses",
-    "valid_losses",
-    "test_losses",
-    "minibatch_train_losses",
-    "train_accuracies",
-    "valid_accuracies",
-    "test_accuracies",
-)
 
 
 class BackpackRunner(_deepobs.runners.PTRunner):
@@ -406,12 +393,8 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         Returns:
             dict: DeepOBS's metrics. If interrupted, the lists hold the completed epochs.
         """
-        make_extensions = self._make_extensions(extensions)
         optimizer = self._optimizer_class(tproblem.net.parameters(), **hyperparams)
         self._eval_batches = eval_batches or None
-        if self._state is None:
-            self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
-        metrics = {key: [] for key in _METRICS}
         steps_in_epoch = _steps_in_epoch(tproblem, steps_per_epoch)
         if log_interval is None:
             total = None if steps_in_epoch is None else steps_in_epoch * num_epochs
@@ -419,133 +402,30 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         self._announce_caps(steps_per_epoch, eval_batches)
         step_log = StepLog(step_log_path, tproblem.net, print_interval=log_interval)
         summary_writer = _open_summary_writer(tb_log_dir) if tb_log else None
-        global_step = 0
+        loop = TrainingLoop(
+            tproblem,
+            optimizer,
+            self._make_extensions(extensions),
+            step_log,
+            evaluate_all=lambda epoch, metrics: self.evaluate_all(
+                epoch, num_epochs, tproblem, *(metrics[key] for key in _EVALUATED)
+            ),
+            abort=lambda epoch, metrics: self._abort_routine(
+                epoch, num_epochs, *(metrics[key] for key in _ABORTED)
+            ),
+            train_log_interval=train_log_interval,
+            print_train_iter=print_train_iter,
+            summary_writer=summary_writer,
+            progress_bar=self._progress_bar,
+        )
         try:
-            for epoch_count in range(num_epochs + 1):
-                self._evaluate_all(epoch_count, num_epochs, tproblem, metrics)
-                if epoch_count == num_epochs:
-                    break
-                started = time.perf_counter()
-                global_step, finite = self._train_epoch(
-                    tproblem,
-                    optimizer,
-                    make_extensions,
-                    step_log,
-                    metrics,
-                    epoch_count,
-                    num_epochs,
-                    global_step,
-                    steps_per_epoch,
-                    steps_in_epoch,
-                    train_log_interval,
-                    print_train_iter,
-                    summary_writer,
-                )
-                if not finite:
-                    self._abort_routine(epoch_count, num_epochs, *(metrics[k] for k in _ABORT))
-                    break
-                self._state["epoch_seconds"].append(time.perf_counter() - started)
-        except KeyboardInterrupt:
-            self._state["status"] = "interrupted"
-            _keep_completed_epochs(metrics)
-            completed = len(metrics["test_losses"]) - 1
-            print(
-                f"[backobs] Interrupted: the results hold the {max(completed, 0)} of "
-                f"{num_epochs} epochs completed."
-            )
+            metrics = loop.run(num_epochs, steps_per_epoch, steps_in_epoch)
         finally:
             step_log.close()
             if summary_writer is not None:
                 summary_writer.close()
+        self._state = loop.state
         return metrics
-
-    def _train_epoch(
-        self,
-        tproblem,
-        optimizer,
-        make_extensions,
-        step_log,
-        metrics,
-        epoch_count,
-        num_epochs,
-        global_step,
-        steps_per_epoch,
-        steps_in_epoch,
-        train_log_interval,
-        print_train_iter,
-        summary_writer,
-    ):
-        """Train one epoch; return the global step and whether the loss stayed finite."""
-        tproblem.train_init_op()
-        progress = tqdm(
-            total=steps_in_epoch,
-            desc=f"Epoch {epoch_count + 1}/{num_epochs}",
-            unit="step",
-            leave=False,
-            disable=None if self._progress_bar else True,
-        )
-        step = 0
-        try:
-            while not (steps_per_epoch and step >= steps_per_epoch):
-                optimizer.zero_grad()
-                try:
-                    batch_loss, _ = tproblem.get_batch_loss_and_accuracy()
-                except StopIteration:
-                    break
-                loss = batch_loss.item()
-                if step % train_log_interval == 0:
-                    metrics["minibatch_train_losses"].append(loss)
-                    if print_train_iter:
-                        tqdm.write(f"Epoch {epoch_count:d}, step {step:d}: loss {loss:g}")
-                    if summary_writer is not None:
-                        summary_writer.add_scalar("loss", loss, global_step)
-                if not math.isfinite(loss):
-                    # DeepOBS checks the loss after the epoch; stopping at the first
-                    # non-finite loss saves the rest of a wasted epoch and keeps NaNs
-                    # away from the extensions and from a second-order step.
-                    self._diverged(global_step, epoch_count, step, f"the mini-batch loss is {loss}")
-                    step_log.write(
-                        {"epoch": epoch_count, "step": step, "global_step": global_step,
-                         "loss": loss, "extensions": {}}
-                    )  # fmt: skip
-                    return global_step + 1, False
-                extensions = make_extensions()
-                with backpack(*extensions):
-                    batch_loss.backward()
-                step_log.record(epoch_count, step, global_step, loss, extensions)
-                try:
-                    optimizer.step()
-                except ArithmeticError as error:  # an optimizer refusing a non-finite update
-                    self._diverged(global_step, epoch_count, step, str(error))
-                    return global_step + 1, False
-                progress.update()
-                progress.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                step += 1
-                global_step += 1
-        finally:
-            progress.close()
-        return global_step, True
-
-    def _diverged(self, global_step, epoch, step, reason):
-        self._state["status"] = "diverged"
-        self._state["diverged_at_step"] = global_step
-        print(
-            f"[backobs] Diverged at step {global_step} (epoch {epoch}, step {step}): {reason}. "
-            "The run stops here, as DeepOBS does; the results mark it as diverged."
-        )
-
-    def _evaluate_all(self, epoch_count, num_epochs, tproblem, metrics):
-        self.evaluate_all(
-            epoch_count,
-            num_epochs,
-            tproblem,
-            metrics["train_losses"],
-            metrics["valid_losses"],
-            metrics["test_losses"],
-            metrics["train_accuracies"],
-            metrics["valid_accuracies"],
-            metrics["test_accuracies"],
-        )
 
     def _make_extensions(self, names):
         classes = [getattr(extensions_module, name) for name in names or ()]
@@ -607,23 +487,16 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         return loss, accuracy
 
 
-_ABORT = (
+# DeepOBS's evaluate_all and _abort_routine take the metric lists in these orders.
+_EVALUATED = (
     "train_losses",
     "valid_losses",
     "test_losses",
     "train_accuracies",
     "valid_accuracies",
     "test_accuracies",
-    "minibatch_train_losses",
 )
-
-
-def _keep_completed_epochs(metrics):
-    """After an interrupt: keep the evaluations that all three sets completed."""
-    complete = min(len(metrics[key]) for key in ("train_losses", "valid_losses", "test_losses"))
-    for key in _METRICS:
-        if key != "minibatch_train_losses":
-            del metrics[key][complete:]
+_ABORTED = (*_EVALUATED, "minibatch_train_losses")
 
 
 def _steps_in_epoch(tproblem, steps_per_epoch):

@@ -1,0 +1,184 @@
+"""The training loop of a run: epochs of steps with extensions, divergence and Ctrl-C.
+
+:class:`TrainingLoop` is what :class:`backobs.runner.BackpackRunner` runs between its set-up
+and its results file; it knows nothing of command lines or files but the step log.
+
+- every training backward pass runs inside ``backpack(*extensions)`` and the optimizer's
+  ``step()`` runs while the quantities are on the parameters;
+- at the first non-finite mini-batch loss, or an optimizer refusing a non-finite update
+  (an :class:`ArithmeticError`, e.g. :class:`backobs.optim.NonFiniteUpdateError`), the run
+  stops (DeepOBS checks only after the epoch) and :attr:`TrainingLoop.state` says where;
+- Ctrl-C (:class:`KeyboardInterrupt`) ends the loop with the completed epochs kept.
+"""
+
+import math
+import time
+
+from tqdm import tqdm
+
+from backpack_core import backpack
+
+__all__ = ["TrainingLoop", "METRICS"]
+
+METRICS = (
+    "train_losses",
+    "valid_losses",
+    "test_losses",
+    "minibatch_train_losses",
+    "train_accuracies",
+    "valid_accuracies",
+    "test_accuracies",
+)
+"""DeepOBS's metrics, the lists a run returns."""
+
+_EVALUATIONS = ("train_losses", "valid_losses", "test_losses")
+
+
+class TrainingLoop:
+    """Epochs of training steps with extensions, as DeepOBS's runners train.
+
+    Args:
+        tproblem: The extended DeepOBS test problem.
+        optimizer (torch.optim.Optimizer): The optimizer.
+        make_extensions (Callable[[], list]): Fresh extension instances for each step.
+        step_log (backobs.StepLog): Where each step's quantities are summarised.
+        evaluate_all (Callable[[int, dict], None]): Evaluates after an epoch (epoch index,
+            metrics to append to), as DeepOBS's ``evaluate_all``.
+        abort (Callable[[int, dict], None]): DeepOBS's ``_abort_routine`` for a diverged
+            run (epoch index, metrics).
+        train_log_interval (int): Keep every this many mini-batch losses.
+        print_train_iter (bool): Print those losses.
+        summary_writer (optional): A TensorBoard writer for the loss.
+        progress_bar (bool): Show a progress bar over each epoch's steps (terminals only).
+
+    Attributes:
+        state (dict): ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
+            ``diverged_at_step`` and ``epoch_seconds`` (training time of each completed
+            epoch).
+    """
+
+    def __init__(
+        self,
+        tproblem,
+        optimizer,
+        make_extensions,
+        step_log,
+        evaluate_all,
+        abort,
+        train_log_interval=10,
+        print_train_iter=False,
+        summary_writer=None,
+        progress_bar=False,
+    ):
+        self.tproblem = tproblem
+        self.optimizer = optimizer
+        self.make_extensions = make_extensions
+        self.step_log = step_log
+        self.evaluate_all = evaluate_all
+        self.abort = abort
+        self.train_log_interval = train_log_interval
+        self.print_train_iter = print_train_iter
+        self.summary_writer = summary_writer
+        self.progress_bar = progress_bar
+        self.state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+
+    def run(self, num_epochs, steps_per_epoch=None, steps_in_epoch=None):
+        """Evaluate, then train and evaluate ``num_epochs`` times.
+
+        Args:
+            num_epochs (int): Epochs.
+            steps_per_epoch (int, optional): Stop each epoch after this many steps.
+            steps_in_epoch (int, optional): Steps an epoch will take (for the progress bar).
+
+        Returns:
+            dict: DeepOBS's metrics; after an interrupt the lists hold the completed epochs.
+        """
+        metrics = {key: [] for key in METRICS}
+        global_step = 0
+        try:
+            for epoch in range(num_epochs + 1):
+                self.evaluate_all(epoch, metrics)
+                if epoch == num_epochs:
+                    break
+                started = time.perf_counter()
+                global_step, finite = self._epoch(
+                    metrics, epoch, num_epochs, global_step, steps_per_epoch, steps_in_epoch
+                )
+                if not finite:
+                    self.abort(epoch, metrics)
+                    break
+                self.state["epoch_seconds"].append(time.perf_counter() - started)
+        except KeyboardInterrupt:
+            self.state["status"] = "interrupted"
+            complete = min(len(metrics[key]) for key in _EVALUATIONS)
+            for key in METRICS:
+                if key != "minibatch_train_losses":
+                    del metrics[key][complete:]
+            print(
+                f"[backobs] Interrupted: the results hold the {max(complete - 1, 0)} of "
+                f"{num_epochs} epochs completed."
+            )
+        return metrics
+
+    def _epoch(self, metrics, epoch, num_epochs, global_step, steps_per_epoch, steps_in_epoch):
+        """Train one epoch; return the global step and whether the loss stayed finite."""
+        self.tproblem.train_init_op()
+        progress = tqdm(
+            total=steps_in_epoch,
+            desc=f"Epoch {epoch + 1}/{num_epochs}",
+            unit="step",
+            leave=False,
+            disable=None if self.progress_bar else True,
+        )
+        step = 0
+        try:
+            while not (steps_per_epoch and step >= steps_per_epoch):
+                self.optimizer.zero_grad()
+                try:
+                    batch_loss, _ = self.tproblem.get_batch_loss_and_accuracy()
+                except StopIteration:
+                    break
+                loss = batch_loss.item()
+                self._keep_loss(metrics, epoch, step, global_step, loss)
+                if not math.isfinite(loss):
+                    # Stopping at the first non-finite loss keeps NaNs away from the
+                    # extensions and from a second-order step.
+                    self._diverged(global_step, epoch, step, f"the mini-batch loss is {loss}")
+                    self.step_log.write(
+                        {"epoch": epoch, "step": step, "global_step": global_step,
+                         "loss": loss, "extensions": {}}
+                    )  # fmt: skip
+                    return global_step + 1, False
+                extensions = self.make_extensions()
+                with backpack(*extensions):
+                    batch_loss.backward()
+                self.step_log.record(epoch, step, global_step, loss, extensions)
+                try:
+                    self.optimizer.step()
+                except ArithmeticError as error:  # an optimizer refusing a non-finite update
+                    self._diverged(global_step, epoch, step, str(error))
+                    return global_step + 1, False
+                progress.update()
+                progress.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                step += 1
+                global_step += 1
+        finally:
+            progress.close()
+        return global_step, True
+
+    def _keep_loss(self, metrics, epoch, step, global_step, loss):
+        if step % self.train_log_interval:
+            return
+        metrics["minibatch_train_losses"].append(loss)
+        if self.print_train_iter:
+            tqdm.write(f"Epoch {epoch:d}, step {step:d}: loss {loss:g}")
+        if self.summary_writer is not None:
+            self.summary_writer.add_scalar("loss", loss, global_step)
+
+    def _diverged(self, global_step, epoch, step, reason):
+        self.state["status"] = "diverged"
+        self.state["diverged_at_step"] = global_step
+        print(
+            f"[backobs] Diverged at step {global_step} (epoch {epoch}, step {step}): {reason}. "
+            "The run stops here, as DeepOBS does; the results mark it as diverged."
+        )
