@@ -32,6 +32,8 @@ import json
 import logging
 import math
 import os
+import random
+import shlex
 import signal
 import socket
 import sys
@@ -59,6 +61,7 @@ __all__ = [
     "load_sweep",
     "parse_sweep",
     "execute_runs",
+    "run_sweep",
     "choose_best",
     "final_runs",
     "add_arguments",
@@ -499,6 +502,39 @@ class _Manifest:
 _RUN_LOCK = threading.Lock()
 
 
+# DeepOBS 1.1.2 seeds Python's global generator and splits training from validation data with
+# it (``from random import seed`` in its runner, ``from random import shuffle`` in its data
+# sets). In a Dask worker another thread draws from that generator while a run trains (the
+# event loop: ``distributed.protocol.compression`` samples frames with ``random.randint``),
+# so the split, and every number after it, changed from run to run (seen here: about one run
+# in seven). During a run, DeepOBS gets a generator of its own; seeded with the same seed and
+# drawn in the same order, it gives the numbers of a run alone in a fresh process.
+_DEEPOBS_RANDOM_USERS = (
+    ("deepobs.pytorch.runners.runner", "seed"),
+    ("deepobs.pytorch.datasets.dataset", "shuffle"),
+)
+
+
+@contextlib.contextmanager
+def _deepobs_private_python_random():
+    import importlib
+
+    from backobs import _deepobs  # noqa: F401  (imports DeepOBS without TensorFlow)
+
+    private = random.Random()
+    saved = []
+    for module_name, name in _DEEPOBS_RANDOM_USERS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, getattr(private, name))
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+
 def _run_on_worker(run_dict):
     """Execute one run in a Dask worker; never raises for the run's own errors.
 
@@ -528,7 +564,11 @@ def _run_on_worker(run_dict):
             if done is not None:  # a retry after the first worker died having written it
                 record.update(status="finished", path=done, seconds=0.0, reused=True)
                 return record
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            with (
+                contextlib.redirect_stdout(captured),
+                contextlib.redirect_stderr(captured),
+                _deepobs_private_python_random(),
+            ):
                 result = runs.execute(run, verbose=False)
         except Exception as error:  # a failed run is a result of the sweep
             record.update(
@@ -621,6 +661,7 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
             for future in finished:
                 run = futures.pop(future)
                 record = _collect(future, run, KilledWorker)
+                record["task"] = future.key
                 status = record.pop("status")
                 outcome.records.append(manifest.append(run, status, **record))
                 ended += 1
@@ -886,19 +927,12 @@ def command(args):
         _dry_run(sweep, grid, args.final_seeds)
         return 0
 
-    manifest = _Manifest(
-        os.path.join(sweep.output_dir, MANIFEST_NAME), uuid.uuid4().hex[:12], args.spec
-    )
     where = address or scheduler_file or f"a local cluster of {args.workers or os.cpu_count()}"
     print(f"[sweep] {args.spec}: {len(grid)} runs on {where}; results in {sweep.output_dir}")
     outcomes = []
     try:
         with _Cluster(address, scheduler_file, args.workers) as client:
-            outcomes.append(execute_runs(grid, client, manifest))
-            if args.final_seeds and not outcomes[-1].interrupted:
-                outcomes.append(
-                    _final_seeds_phase(sweep, grid, outcomes[-1], client, manifest, args)
-                )
+            run_sweep(sweep, client, final_seeds=args.final_seeds, outcomes=outcomes)
     except KeyboardInterrupt:  # outside the loop over runs: while starting or connecting
         ended = sum(len(outcome.records) for outcome in outcomes)
         outcomes.append(
@@ -907,7 +941,39 @@ def command(args):
     return _report(args, sweep, outcomes)
 
 
-def _final_seeds_phase(sweep, grid, outcome, client, manifest, args):
+def run_sweep(sweep, client, final_seeds=None, outcomes=None):
+    """Run a sweep on a Dask client: the grid, then (optionally) DeepOBS's final seeds.
+
+    For Python callers with a cluster of their own (e.g. dask-jobqueue's ``SLURMCluster``);
+    ``backobs sweep`` calls it with a local cluster or a scheduler address.
+
+    Args:
+        sweep (Sweep): From :func:`load_sweep`.
+        client (distributed.Client): Where the runs go.
+        final_seeds (int, optional): Run each (problem, optimizer)'s best setting with this
+            many seeds (42, 43, ...) after the grid; the choice goes to
+            ``<output_dir>/sweep_summary.json``.
+        outcomes (list, optional): A list to append each phase's :class:`SweepOutcome` to as
+            it ends (so that a caller sees the grid's outcome after a Ctrl-C in the final
+            phase).
+
+    Returns:
+        list: The :class:`SweepOutcome` of the grid, and of the final seeds if run.
+    """
+    outcomes = [] if outcomes is None else outcomes
+    manifest = _Manifest(
+        os.path.join(sweep.output_dir, MANIFEST_NAME), uuid.uuid4().hex[:12], sweep.source
+    )
+    grid = sweep.runs()
+    outcomes.append(execute_runs(grid, client, manifest))
+    if final_seeds and not outcomes[-1].interrupted:
+        outcomes.append(
+            _final_seeds_phase(sweep, grid, outcomes[-1], client, manifest, final_seeds)
+        )
+    return outcomes
+
+
+def _final_seeds_phase(sweep, grid, outcome, client, manifest, final_seeds):
     paths = {}
     for run in grid:
         path = runs.existing_result(run)
@@ -919,7 +985,7 @@ def _final_seeds_phase(sweep, grid, outcome, client, manifest, args):
             paths[_run_key(runs.Run.from_dict(record["run"]))] = record["path"]
     choices = choose_best(sweep, paths)
     summary_path = os.path.join(sweep.output_dir, SUMMARY_NAME)
-    summary = {"spec": args.spec, "final_seeds": args.final_seeds, "choices": choices}
+    summary = {"spec": sweep.source, "final_seeds": final_seeds, "choices": choices}
     _write_json_atomically(summary_path, summary)
     for problem, by_optimizer in choices.items():
         for optimizer, choice in by_optimizer.items():
@@ -934,7 +1000,7 @@ def _final_seeds_phase(sweep, grid, outcome, client, manifest, args):
             )
             print(f"[sweep] best for {problem} {optimizer}: {text}")
     print(f"[sweep] choice written to {summary_path}")
-    final = final_runs(sweep, choices, args.final_seeds)
+    final = final_runs(sweep, choices, final_seeds)
     final_outcome = execute_runs(final, client, manifest)
     for by_optimizer in choices.values():
         for choice in by_optimizer.values():
@@ -957,7 +1023,7 @@ def _report(args, sweep, outcomes):
         print(
             f"backobs sweep: interrupted: {ran} runs finished, {skipped} were done before, "
             f"{failed} failed, {not_run} not run; run the same command again to resume "
-            f"(backobs sweep {args.spec}); finished runs are skipped",
+            f"({_command_line(args)}); finished runs are skipped",
             file=sys.stderr,
         )
         return 130
@@ -970,6 +1036,18 @@ def _report(args, sweep, outcomes):
         )
         return 1
     return 0
+
+
+def _command_line(args):
+    """The command as the user would type it again (to resume)."""
+    words = ["backobs", "sweep", args.spec]
+    if args.scheduler:
+        words += ["--scheduler", args.scheduler]
+    if args.workers:
+        words += ["--workers", str(args.workers)]
+    if args.final_seeds:
+        words += ["--final-seeds", str(args.final_seeds)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _dry_run(sweep, grid, final_seeds):
@@ -1054,7 +1132,9 @@ class _Cluster:
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    # the scheduler's HTTP server (dashboard, health) on a free port: 8787
+                    # may belong to another cluster on a shared machine
+                    dashboard_address=":0",
                     silence_logs=logging.ERROR,
                     env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
                 )

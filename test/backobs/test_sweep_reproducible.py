@@ -6,15 +6,17 @@ instance in a process is another problem.
 """
 
 import json
+import random
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import torch
 
 import backobs
-from backobs import _deepobs, runs
+from backobs import _deepobs, runs, sweep
 
 
 def _first_instance_hessian_of_a_fresh_process(tmp_path):
@@ -78,3 +80,37 @@ def test_a_run_repeated_in_one_process_gives_the_same_numbers(tmp_path):
     again = _losses(runs.execute(run(0.01, "again"), verbose=False))
     assert first == again
     assert all(first)
+
+
+def test_a_worker_run_ignores_other_threads_drawing_from_pythons_random(tmp_path):
+    # A Dask worker's event loop draws from Python's global generator while a run trains
+    # (distributed.protocol.compression's random.randint); DeepOBS seeds that generator and
+    # splits its data with it. Here a thread draws all the time.
+    settings = dict(batch_size=4, num_epochs=1, steps_per_epoch=2, eval_batches=2)
+
+    def run(folder):
+        return runs.Run(
+            "mnist_logreg",
+            "sgd",
+            {"lr": 0.1},
+            synthetic_data=True,
+            output_dir=str(tmp_path / folder),
+            **settings,
+        )
+
+    alone = _losses(runs.execute(run("alone"), verbose=False))
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            random.randint(0, 1000)
+
+    thread = threading.Thread(target=draw)
+    thread.start()
+    try:
+        record = sweep._run_on_worker(run("busy").to_dict())
+    finally:
+        stop.set()
+        thread.join()
+    assert record["status"] == "finished", record["error"]
+    assert _losses(record) == alone
