@@ -3,14 +3,12 @@
 :class:`DampedNewton` is the family that the BackPACK paper (Dangel, Kunstner & Hennig,
 ICLR 2020) benchmarked on DeepOBS: ``θ ← θ − lr · (C + damping·I)⁻¹ ∇L`` with ``C`` one of
 
-===================  =====================================================================
-``"diag_ggn_exact"`` diagonal of the generalised Gauss-Newton (``DiagGGNExact``)
-``"diag_ggn_mc"``    its Monte-Carlo estimate (``DiagGGNMC``)
-``"kfac"``           Kronecker factors of the Monte-Carlo GGN (``KFAC``)
-``"kflr"``           Kronecker factors of the exact GGN (``KFLR``)
-``"kfra"``           recursively batch-averaged Kronecker factors (``KFRA``)
-``"zero"``           ``C = 0``: SGD with the step ``lr / damping`` (the paper's control)
-===================  =====================================================================
+- ``"diag_ggn_exact"``: diagonal of the generalised Gauss-Newton (``DiagGGNExact``);
+- ``"diag_ggn_mc"``: its Monte-Carlo estimate (``DiagGGNMC``);
+- ``"kfac"``: Kronecker factors of the Monte-Carlo GGN (``KFAC``);
+- ``"kflr"``: Kronecker factors of the exact GGN (``KFLR``);
+- ``"kfra"``: recursively batch-averaged Kronecker factors (``KFRA``);
+- ``"zero"``: ``C = 0``, SGD with the step ``lr / damping`` (the paper's control).
 
 The optimizer reads the quantity from each parameter in ``step()``, so the backward pass
 before it must run inside ``with backpack(*optimizer.extensions()):``; it works on any model
@@ -212,7 +210,7 @@ class DampedNewton(torch.optim.Optimizer):
                 "backpack(*optimizer.extensions()), then call step()."
             )
         # Everything is computed and checked before the first parameter changes.
-        updates, checks = [], []
+        updates, checks, total = [], [], None
         for group_index, group in enumerate(self.param_groups):
             names = group.get("param_names")
             for index, parameter in enumerate(group["params"]):
@@ -221,10 +219,12 @@ class DampedNewton(torch.optim.Optimizer):
                 where = (parameter, names[index] if names else None, index, group_index)
                 new_state, update, parts = self._direction(parameter, group, where)
                 updates.append((parameter, new_state, update, group["lr"]))
-                checks += [(where, *part) for part in parts]
-        # A NaN or an infinity anywhere makes a sum (or a dot product) non-finite: one
-        # synchronisation for all parameters.
-        if checks and not torch.isfinite(torch.stack([c[-1] for c in checks])).all():
+                for part in parts:
+                    checks.append((where, *part))
+                    total = part[1] if total is None else total + part[1]
+        # A NaN or an infinity anywhere makes a sum (or a dot product) non-finite, and the
+        # total of them: one synchronisation for all parameters.
+        if total is not None and not math.isfinite(total.item()):
             self._raise_non_finite(checks)
         for parameter, new_state, update, lr in updates:
             self.state[parameter].update(new_state)
