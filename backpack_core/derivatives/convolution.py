@@ -17,7 +17,6 @@ from torch import Tensor, einsum
 from backpack_core.derivatives.base import (
     CHUNK_BYTES,
     Derivatives,
-    GramAccumulator,
     ModuleIO,
     UnsupportedOperation,
     gram,
@@ -243,14 +242,15 @@ class ConvolutionDerivatives(Derivatives):
         per_sample = features * io.output[0, 0].numel()
         budget = _PATCH_BUFFER_ELEMENTS * (16 if x.is_cuda else 1)
         chunk = max(1, min(batch, budget // max(per_sample, 1)))
-        accumulator, buffer = GramAccumulator(), None
+        result, buffer = None, None
         for start in range(0, batch, chunk):
             part = x.narrow(1 + dims, start, min(chunk, batch - start))
             if buffer is None or buffer.shape != part.shape:
                 buffer = torch.empty(part.shape, dtype=x.dtype, device=x.device)
             buffer.copy_(part)
-            accumulator.add(buffer.view(features, -1).T)
-        return accumulator.result()
+            rows = buffer.view(features, -1)
+            result = rows @ rows.T if result is None else result.addmm_(rows, rows.T)
+        return result
 
     def _shift_gram(self, io: ModuleIO) -> Tensor:
         """``sum_{n,t} u_{n,t} u_{n,t}^T`` of a stride-1 convolution, without unfolding.
@@ -273,7 +273,7 @@ class ConvolutionDerivatives(Derivatives):
         device = x.device
         taps = prod(kernel)
         tap_index = torch.arange(taps, device=device).reshape(kernel)
-        blocks = x.new_empty(taps, taps, channels, channels)
+        windows, first_taps, second_taps = [], [], []
         for delta in itertools.product(*(range(1 - k, k) for k in kernel)):
             if delta < (0,) * dims:  # the transposed blocks of -delta
                 continue
@@ -300,12 +300,18 @@ class ConvolutionDerivatives(Derivatives):
                 here = (coordinate >= start) & (coordinate < start + outputs[axis])
                 inside = here if inside is None else inside & here
             window = inside.to(x.dtype) @ products.view(products.shape[0], -1)
-            window = window.view(-1, channels, channels)
-            k_first = tap_index[tuple(first)]
-            k_second = tap_index[tuple(k + step for k, step in zip(first, delta))]
-            blocks[k_first, k_second] = window
-            if any(delta):
-                blocks[k_second, k_first] = window.transpose(1, 2)
+            windows.append(window.view(-1, channels, channels))
+            first_taps.append(tap_index[tuple(first)])
+            second_taps.append(tap_index[tuple(k + step for k, step in zip(first, delta))])
+        # one write of all blocks and one of their transposes (delta = 0 writes itself twice)
+        windows, first_taps, second_taps = (
+            torch.cat(windows),
+            torch.cat(first_taps),
+            torch.cat(second_taps),
+        )
+        blocks = x.new_empty(taps, taps, channels, channels)
+        blocks[second_taps, first_taps] = windows.transpose(1, 2)
+        blocks[first_taps, second_taps] = windows
         return blocks.permute(2, 0, 3, 1).reshape(channels * taps, channels * taps)
 
     def _averaged_patches(self, io: ModuleIO) -> Tensor:
