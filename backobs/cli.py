@@ -52,7 +52,7 @@ def _add_run_parser(subparsers, argv):
         + "; ".join(f"{key} ({spec.description})" for key, spec in optim.OPTIMIZERS.items()),
     )
     hyperparameters = optim.OPTIMIZERS[name].hyperparameters if name in optim.OPTIMIZERS else {}
-    options.add_run_arguments(parser, hyperparameters)
+    options.add_run_arguments(parser, hyperparameters, default_extension=None)
     parser.set_defaults(handler=_run_command, hyperparameter_names=hyperparameters)
 
 

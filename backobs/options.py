@@ -185,7 +185,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
-def add_run_arguments(parser, hyperparameters, demo_defaults=None, extensions_option=True):
+def add_run_arguments(parser, hyperparameters, demo_defaults=None, default_extension="BatchGrad"):
     """Add the options of one training run to ``parser``.
 
     Args:
@@ -195,7 +195,8 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, extensions_op
             required option.
         demo_defaults (dict, optional): Defaults of a demo script (``batch_size``,
             ``num_epochs``, ``steps_per_epoch``, ``eval_batches``); ``--full`` drops them.
-        extensions_option (bool): Whether to offer ``--extensions``.
+        default_extension (str, optional): The extension active when ``--extensions`` is
+            not given (``None``: none).
     """
     demo = dict(demo_defaults or {})
 
@@ -292,17 +293,16 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, extensions_op
     )
 
     backobs = parser.add_argument_group("BackOBS's options")
-    if extensions_option:
-        backobs.add_argument(
-            "--extensions",
-            nargs="+",
-            choices=EXTENSION_NAMES,
-            default=None,
-            metavar="NAME",
-            help="Extensions active in every training step, logged for every step (default: "
-            "BatchGrad, if the optimizer needs none itself). One or more of: "
-            f"{', '.join(EXTENSION_NAMES)}.",
-        )
+    backobs.add_argument(
+        "--extensions",
+        nargs="+",
+        choices=EXTENSION_NAMES,
+        default=None,
+        metavar="NAME",
+        help="Extensions active in every training step besides those the optimizer needs, "
+        f"logged for every step (default: {default_extension or 'none'}). One or more of: "
+        f"{', '.join(EXTENSION_NAMES)}.",
+    )
     backobs.add_argument(
         "--steps-per-epoch",
         "--steps_per_epoch",

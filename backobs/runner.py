@@ -60,10 +60,10 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             quantities are on the parameters.
         hyperparameter_names: DeepOBS's description of the optimizer's hyperparameters,
             ``{name: {"type": type, "default": value}}``; each becomes a ``--name`` option.
-        extensions: A callable returning a fresh list of extension instances for each step
-            (e.g. ``lambda: [DiagGGNMC(mc_samples=1)]``), always active. ``None``: none but
-            those chosen by name (``extensions`` argument or ``--extensions``).
-            When neither gives any, ``BatchGrad`` is active.
+        make_extensions: A callable returning a fresh list of extension instances for each
+            step (e.g. ``lambda: [DiagGGNMC(mc_samples=1)]``), always active; the extensions
+            named by the ``extensions`` argument of :meth:`run` (``--extensions``) are active
+            besides. Without it and without names, ``BatchGrad`` is active.
         cli_defaults: Defaults for command-line options of a demo script, e.g.
             ``{"batch_size": 3, "num_epochs": 1, "steps_per_epoch": 3}``; ``--full`` drops them.
         progress_bar: Show a progress bar over the steps of each epoch (on a terminal only).
@@ -75,7 +75,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         self,
         optimizer_class,
         hyperparameter_names,
-        extensions=None,
+        make_extensions=None,
         cli_defaults=None,
         progress_bar=False,
         optimizer_name=None,
@@ -83,7 +83,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         super().__init__(optimizer_class, hyperparameter_names)
         if optimizer_name is not None:
             self._optimizer_name = optimizer_name
-        self._extensions_factory = extensions
+        self._make_extensions_always = make_extensions
         self._cli_defaults = dict(cli_defaults or {})
         self._progress_bar = progress_bar
         self._eval_batches = None
@@ -136,7 +136,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             parser,
             self._hyperparameter_names,
             demo_defaults=self._cli_defaults,
-            extensions_option=self._extensions_factory is None,
+            default_extension=None if self._make_extensions_always else "BatchGrad",
         )
         namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)
         return options.run_arguments(namespace, self._hyperparameter_names)
@@ -429,7 +429,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
 
     def _make_extensions(self, names):
         classes = [getattr(extensions_module, name) for name in names or ()]
-        factory = self._extensions_factory
+        factory = self._make_extensions_always
         if factory is None and not classes:
             classes = [extensions_module.BatchGrad]
 

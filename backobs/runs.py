@@ -120,7 +120,7 @@ def make_runner(optimizer_name, progress_bar=False):
     return BackpackRunner(
         build,
         spec.hyperparameters,
-        extensions=extensions,
+        make_extensions=extensions,
         progress_bar=progress_bar,
         optimizer_name=spec.name,
     )

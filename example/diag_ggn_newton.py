@@ -70,7 +70,7 @@ def make_runner(**kwargs):
         BackpackRunner: The runner.
     """
     return BackpackRunner(
-        DiagGGNNewton, HYPERPARAMETERS, extensions=lambda: [DiagGGNMC(mc_samples=1)], **kwargs
+        DiagGGNNewton, HYPERPARAMETERS, make_extensions=lambda: [DiagGGNMC(mc_samples=1)], **kwargs
     )
 
 

@@ -114,7 +114,7 @@ def test_run_writes_deepobs_results_and_step_log(monkeypatch, tmp_path, capsys):
     assert "first 2 mini-batches" in stdout
 
 
-def test_extensions_factory_reaches_optimizer_step(monkeypatch, tmp_path):
+def test_make_extensions_reaches_optimizer_step(monkeypatch, tmp_path):
     from backpack_core.extensions import SumGradSquared
 
     seen = []
@@ -127,14 +127,14 @@ def test_extensions_factory_reaches_optimizer_step(monkeypatch, tmp_path):
             return super().step(closure)
 
     runner = BackpackRunner(
-        RecordingSGD, SGD_HYPERPARAMETERS, extensions=lambda: [SumGradSquared()]
+        RecordingSGD, SGD_HYPERPARAMETERS, make_extensions=lambda: [SumGradSquared()]
     )
     output = run_cli(
         monkeypatch, "mnist_logreg", "--lr", 0.1, "--bs", 2, "-N", 1,
         "--steps-per-epoch", 2, "--eval-batches", 1, "--no_logs", runner=runner,
     )  # fmt: skip
     assert seen == [[True, True], [True, True]]
-    assert "extensions" not in output["training_params"]
+    assert output["training_params"]["extensions"] is None
     assert results_files(tmp_path) == []
 
 
