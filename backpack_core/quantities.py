@@ -114,7 +114,7 @@ class KFRAMatrix(BackpropagatedQuantity):
     ``T`` (see ``Derivatives.ea_channel_jac_t_mat_jac_prod``), the reduction over positions
     that BackPACK's KFAC/KFLR use for a convolution's output factor. A dense matrix over a
     feature map would need ``(C * H * W)^2`` entries (17 GB at CIFAR's first layer). For a
-    network with a single Linear or Conv layer, KFRA equals KFLR.
+    network with a single Linear or Conv layer, KFRA equals ``KFLR(kfac_approx="backpack")``.
 
     Args:
         max_bytes: Refuse to form a dense matrix larger than this, with an error that says
