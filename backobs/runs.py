@@ -136,6 +136,12 @@ def _runner_arguments(run):
         data_dir=run.data_dir,
         output_dir=run.output_dir,
         weight_decay=0.0,
+        # DeepOBS's logging options, as BackpackRunner.run defaults them
+        no_logs=False,
+        train_log_interval=10,
+        print_train_iter=False,
+        tb_log=False,
+        tb_log_dir="none",
         extensions=list(run.extensions),
         steps_per_epoch=run.steps_per_epoch,
         eval_batches=run.eval_batches,
