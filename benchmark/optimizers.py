@@ -137,6 +137,17 @@ def measure(net_name, batch_size, repeats, configs):
     return results
 
 
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _milliseconds(seconds):
     return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
@@ -216,7 +227,7 @@ def main(argv=None):
         print(tables(results, nets, configs), file=sys.stderr, flush=True)
     load_end = os.getloadavg()
     machine = (
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Machine: {_cpu_name()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU, {args.clock} "
         "clock; load average "
         f"{' '.join(f'{x:.1f}' for x in load_start)} at start, "
