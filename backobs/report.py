@@ -108,9 +108,11 @@ _LEARNING_RATE_NAMES = ("lr", "learning_rate")
 
 
 # Reading --------------------------------------------------------------------------------
+# The dataclasses compare by identity (eq=False): they hold numpy arrays, which have no
+# single truth value for ==.
 
 
-@dataclass
+@dataclass(eq=False)
 class SeedResult:
     """One results file: one run of one setting with one seed.
 
@@ -136,7 +138,7 @@ class SeedResult:
     synthetic_data: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Setting:
     """A settings folder: one optimizer with one choice of hyperparameters, all its seeds.
 
@@ -368,7 +370,7 @@ def _ends_with_deepobs_fill_in(metrics, minibatch):
 # Aggregating and ranking ----------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Curve:
     """A metric aggregated over seeds, per epoch.
 
@@ -410,7 +412,7 @@ def aggregate(values, how="mean"):
     raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {how!r}")
 
 
-@dataclass
+@dataclass(eq=False)
 class RankedSetting:
     """A setting with its place in its optimizer's ranking.
 
@@ -431,7 +433,7 @@ class RankedSetting:
     notes: list
 
 
-@dataclass
+@dataclass(eq=False)
 class ProblemReport:
     """What the report says about one problem.
 
