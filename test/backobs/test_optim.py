@@ -469,3 +469,18 @@ def test_non_finite_gradient_names_the_parameter(curvature):
     with pytest.raises(NonFiniteUpdateError, match="gradient of parameter 'w'"):
         optimizer.step()
     assert torch.equal(weight.detach(), torch.ones(3))
+
+
+def test_state_dict_round_trip_continues_identically():
+    model, lossfunc, inputs, targets = build(mlp_sigmoid_ce)
+    twin, _, _, _ = build(mlp_sigmoid_ce)
+    options = {"lr": 0.3, "damping": 0.05, "ema_decay": 0.8, "inverse_interval": 3}
+    optimizer = DampedNewton(model.parameters(), "kflr", **options)
+    train(model, lossfunc, inputs, targets, optimizer, 2, "kflr")
+    twin.load_state_dict(model.state_dict())
+    restored = DampedNewton(twin.parameters(), "kflr", **options)
+    restored.load_state_dict(optimizer.state_dict())
+    for net, opt in ((model, optimizer), (twin, restored)):
+        train(net, lossfunc, inputs, targets, opt, 2, "kflr")
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
