@@ -648,45 +648,49 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
         desc="sweep",
     )
     started = time.perf_counter()
-    ended = failed = 0
-    last_poll = 0.0
-    running = 0
+    counts = {"ended": 0, "failed": 0}
+
+    def record(future):
+        run = futures.pop(future)
+        result = _collect(future, run, KilledWorker)
+        result["task"] = future.key
+        status = result.pop("status")
+        outcome.records.append(manifest.append(run, status, **result))
+        counts["ended"] += 1
+        counts["failed"] += status == "failed"
+        bar.update(1)
+        line = (
+            f"[{_status_line(counts['ended'], counts['failed'], total, started)}] {status} "
+            f"{_describe_run(run)} ({result.get('seconds') or 0.0:.1f} s)"
+        )
+        if status == "failed":
+            line += f": {result['error']}"
+        tqdm.write(line, file=out)
+
+    last_poll, running = 0.0, 0
     try:
         for run in pending_runs:
             key = f"backobs-run-{run.problem}-{run.optimizer}-{uuid.uuid4().hex[:12]}"
             future = client.submit(_run_on_worker, run.to_dict(), key=key, pure=False)
             futures[future] = run
         while futures:
-            finished = [future for future in futures if future.done()]
-            for future in finished:
-                run = futures.pop(future)
-                record = _collect(future, run, KilledWorker)
-                record["task"] = future.key
-                status = record.pop("status")
-                outcome.records.append(manifest.append(run, status, **record))
-                ended += 1
-                failed += status == "failed"
-                bar.update(1)
-                seconds = record.get("seconds") or 0.0
-                line = (
-                    f"[{_status_line(ended, failed, total, started)}] {status} "
-                    f"{_describe_run(run)} ({seconds:.1f} s)"
-                )
-                if status == "failed":
-                    line += f": {record['error']}"
-                tqdm.write(line, file=out)
+            for future in [future for future in futures if future.done()]:
+                record(future)
             now = time.perf_counter()
             if futures and now - last_poll > 1.0:
                 running = _running(client, set(f.key for f in futures))
                 last_poll = now
-            bar.set_postfix_str(f"failed {failed}, running {running}", refresh=False)
+            bar.set_postfix_str(f"failed {counts['failed']}, running {running}", refresh=False)
             bar.refresh()
             if futures:
                 time.sleep(0.2)
     except KeyboardInterrupt:
         outcome.interrupted = True
+        _quietly(client.cancel, [future for future in futures if not future.done()])
+        # runs that ended before the cancel reached them are results: record them
+        for future in [f for f in futures if f.done() and f.status == "finished"]:
+            _quietly(record, future)
         outcome.not_run = len(futures)
-        _quietly(client.cancel, list(futures))
     finally:
         bar.close()
     return outcome
@@ -1082,6 +1086,21 @@ def _dry_run(sweep, grid, final_seeds):
         print(f"  {state}  {_describe_run(run)}")
 
 
+def dask_setup(worker):
+    """Dask's preload hook, run in each local worker process at start: ignore SIGINT.
+
+    Ctrl-C in a terminal goes to the whole process group, the local cluster's worker
+    processes too; they would each die with a traceback. The sweep's own process handles it:
+    it cancels the runs and shuts the cluster down. (A worker's event loop runs in its main
+    thread, where signal handlers are set.)
+
+    Args:
+        worker (distributed.Worker): The worker being started.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _probe(address):
     """Fail at once if nothing listens at a tcp:// address (Dask would retry for its timeout)."""
     if not address or not address.startswith("tcp://"):
@@ -1137,6 +1156,7 @@ class _Cluster:
                     dashboard_address=":0",
                     silence_logs=logging.ERROR,
                     env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                    preload=[__name__],  # runs dask_setup; also imports BackOBS at start
                 )
                 self.client = Client(self.cluster)
             return self.client

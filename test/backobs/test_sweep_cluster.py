@@ -1,0 +1,344 @@
+"""``backobs sweep`` on a real Dask cluster: scheduler and workers as subprocesses, no mocks.
+
+The fixture starts ``dask scheduler`` and two ``dask worker --nthreads 1 --no-nanny`` on
+127.0.0.1 (free ports, a scheduler file) and stops them by their process ids. The sweep is
+small (two problems, two optimizers, two settings each, synthetic data, two steps).
+"""
+
+import argparse
+import contextlib
+import glob
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from backobs import runs, sweep
+
+distributed = pytest.importorskip("distributed")
+
+METRICS = (
+    "train_losses",
+    "valid_losses",
+    "test_losses",
+    "train_accuracies",
+    "valid_accuracies",
+    "test_accuracies",
+    "minibatch_train_losses",
+)
+
+
+@dataclass
+class Cluster:
+    address: str
+    scheduler_file: str
+    client: "distributed.Client"
+    worker_pids: dict  # worker address -> pid
+
+
+def _child_environment():
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # a worker gets as many runs as it has threads (one), so "processing" means "running"
+    environment["DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"] = "1.0"
+    return environment
+
+
+def _stop(processes):
+    """SIGTERM to each (workers first, then the scheduler), SIGKILL after 5 s."""
+    for process in processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def _cluster(directory):
+    """A scheduler and two single-threaded workers without nannies, on 127.0.0.1."""
+    scheduler_file = str(directory / "scheduler.json")
+    log = open(directory / "cluster.log", "w")
+    processes = []
+    client = None
+
+    def start(module, *arguments):
+        command = [sys.executable, "-m", module, *arguments]
+        environment = _child_environment()
+        processes.append(
+            subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        )
+        return processes[-1]
+
+    try:
+        start(
+            "distributed.cli.dask_scheduler",
+            *("--host", "127.0.0.1", "--port", "0", "--no-dashboard"),
+            *("--scheduler-file", scheduler_file),
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(scheduler_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [
+            start(
+                "distributed.cli.dask_worker",
+                *("--scheduler-file", scheduler_file, "--nthreads", "1", "--no-nanny"),
+                *("--no-dashboard", "--name", f"worker-{index}"),
+            )
+            for index in range(2)
+        ]
+        client = distributed.Client(scheduler_file=scheduler_file, timeout="60s")
+        client.wait_for_workers(2, timeout=120)
+        pids = client.run(os.getpid)
+        assert sorted(pids.values()) == sorted(worker.pid for worker in workers)
+        # Import BackOBS in the workers now, so that the runs' times are the runs' own.
+        client.run(importlib.import_module, "backobs.sweep")
+        yield Cluster(client.scheduler.address, scheduler_file, client, pids)
+    finally:
+        if client is not None:
+            client.close()
+        _stop(processes[::-1])
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A cluster shared by the tests that leave it as they found it."""
+    with _cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def own_dask_cluster(tmp_path):
+    """A cluster for one test (which kills a worker)."""
+    with _cluster(tmp_path) as cluster:
+        yield cluster
+
+
+def _write_spec(tmp_path, name, output_dir, **overrides):
+    content = {
+        "problems": ["mnist_logreg", "quadratic_deep"],
+        "optimizers": {"sgd": {"lr": [0.01, 0.1]}, "diag_ggn_mc": {"lr": [0.01, 0.1]}},
+        "seeds": [42],
+        "batch_size": 4,
+        "num_epochs": 1,
+        "steps_per_epoch": 2,
+        "eval_batches": 2,
+        "synthetic_data": True,
+        "output_dir": str(output_dir),
+    }
+    content.update(overrides)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return str(path)
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    sweep.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _manifest(output_dir):
+    with open(os.path.join(output_dir, sweep.MANIFEST_NAME)) as stream:
+        return [json.loads(line) for line in stream]
+
+
+def _results_files(output_dir):
+    pattern = os.path.join(str(output_dir), "*", "*", "*", "random_seed__*.json")
+    return sorted(glob.glob(pattern))
+
+
+def _key(run_dict):
+    return json.dumps(run_dict, sort_keys=True)
+
+
+def _metrics(path):
+    with open(path) as stream:
+        results = json.load(stream)
+    return {key: results.get(key) for key in METRICS}
+
+
+def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp_path, capsys):
+    remote_dir, local_dir = tmp_path / "remote", tmp_path / "local"
+    remote_spec = _write_spec(tmp_path, "remote.yaml", remote_dir)
+    grid = sweep.load_sweep(remote_spec).runs()
+    assert len(grid) == 8
+
+    assert sweep.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
+    records = _manifest(remote_dir)
+    assert len(records) == 8 and {r["status"] for r in records} == {"finished"}
+    assert sorted(_key(r["run"]) for r in records) == sorted(_key(run.to_dict()) for run in grid)
+    assert {r["worker"] for r in records} <= set(dask_cluster.worker_pids)
+    assert sorted(r["path"] for r in records) == _results_files(remote_dir)  # each once
+
+    # The same sweep on a local cluster gives the same numbers, whichever worker ran what
+    # (and what it ran before: quadratic_deep's Hessian once depended on that).
+    local_spec = _write_spec(tmp_path, "local.yaml", local_dir)
+    assert sweep.command(_args(local_spec, "--workers", "2")) == 0
+    for remote_run, local_run in zip(grid, sweep.load_sweep(local_spec).runs()):
+        remote_metrics = _metrics(runs.existing_result(remote_run))
+        local_metrics = _metrics(runs.existing_result(local_run))
+        assert remote_metrics["train_losses"], remote_run
+        assert remote_metrics == local_metrics, remote_run
+
+    # Re-running the finished sweep runs nothing.
+    capsys.readouterr()
+    assert sweep.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
+    again = _manifest(remote_dir)[8:]
+    assert len(again) == 8 and {r["status"] for r in again} == {"skipped"}
+    assert "0 runs finished, 8 were done before, 0 failed" in capsys.readouterr().out
+    assert len(_results_files(remote_dir)) == 8
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(dask_cluster, tmp_path):
+    output_dir = tmp_path / "results"
+    spec = _write_spec(tmp_path, "sweep.yaml", output_dir, problems=["mnist_logreg"])
+    grid = sweep.load_sweep(spec).runs()
+    # a file where the run's results folder belongs: that run raises, the others go on
+    victim = grid[1]
+    directory = runs.settings_directory(victim)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    with open(directory, "w") as stream:
+        stream.write("a file where the run's folder belongs\n")
+    assert sweep.command(_args(spec, "--scheduler", dask_cluster.address)) == 1
+    records = {_key(r["run"]): r for r in _manifest(output_dir)}
+    assert len(records) == 4
+    failed = records.pop(_key(victim.to_dict()))
+    assert failed["status"] == "failed" and failed["error"]
+    assert {r["status"] for r in records.values()} == {"finished"}
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_loses_nothing(own_dask_cluster, tmp_path):
+    dask_cluster = own_dask_cluster
+    output_dir = tmp_path / "results"
+    # runs of a few seconds each, so that the kill lands while a worker trains
+    spec = _write_spec(
+        tmp_path,
+        "sweep.yaml",
+        output_dir,
+        problems=["mnist_logreg"],
+        optimizers={"sgd": {"lr": [0.01, 0.02, 0.05, 0.1]}},
+        batch_size=64,
+        steps_per_epoch=150,
+        eval_batches=20,
+    )
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            code=sweep.command(_args(spec, "--scheduler", dask_cluster.address))
+        )
+    )
+    thread.start()
+    client = dask_cluster.client
+    victim, held, since = None, (), 0.0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        processing = client.processing()
+        if victim is not None and tuple(processing.get(victim, ())) == held:
+            if time.monotonic() - since > 1.0:  # a second into a run of several seconds
+                break
+        else:
+            victim, held, since = None, (), 0.0
+            for worker, keys in processing.items():
+                ours = tuple(key for key in keys if str(key).startswith("backobs-run-"))
+                if ours:
+                    victim, held, since = worker, ours, time.monotonic()
+                    break
+        time.sleep(0.05)
+    assert victim is not None, "no worker held a run"
+    os.kill(dask_cluster.worker_pids[victim], signal.SIGKILL)
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    assert outcome["code"] == 0
+    records = _manifest(output_dir)
+    assert len(records) == 4 and {r["status"] for r in records} == {"finished"}
+    assert len({_key(r["run"]) for r in records}) == 4
+    rerun = [r for r in records if r["task"] in held]  # the one it trained, any queued behind
+    assert len(rerun) == len(held) and all(r["worker"] != victim for r in rerun)
+    assert {r["worker"] for r in records if r["task"] not in held} <= set(dask_cluster.worker_pids)
+    assert sorted(r["path"] for r in records) == _results_files(output_dir)
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
+    output_dir = tmp_path / "results"
+    spec = _write_spec(
+        tmp_path,
+        "sweep.yaml",
+        output_dir,
+        problems=["mnist_logreg"],
+        optimizers={"sgd": {"lr": [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]}},
+    )
+    command = [sys.executable, "-m", "backobs", "sweep", spec, "--workers", "1"]
+    # A new session, so that SIGINT can go to the whole process group, as Ctrl-C in a
+    # terminal does (the local cluster's worker processes get it too).
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_environment(),
+        start_new_session=True,
+    )
+    manifest = output_dir / sweep.MANIFEST_NAME
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.exists() and manifest.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Traceback" not in stdout
+    finished = [r for r in _manifest(output_dir) if r["status"] == "finished"]
+    assert 1 <= len(finished) < 6
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"backobs sweep: interrupted: {len(finished)} runs finished")
+    assert f"run the same command again to resume (backobs sweep {spec} --workers 1)" in last
+    # the local cluster's processes are gone (init reaps the last zombies within a moment)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("processes of the interrupted sweep are still running")
+
+    result = subprocess.run(command, capture_output=True, text=True, env=_child_environment())
+    assert result.returncode == 0, result.stderr
+    records = _manifest(output_dir)[len(finished) :]
+    skipped = {_key(r["run"]) for r in records if r["status"] == "skipped"}
+    # what finished before is skipped (and a run that ended while Ctrl-C was handled)
+    assert {_key(r["run"]) for r in finished} <= skipped
+    assert len(records) == 6 and {r["status"] for r in records} <= {"skipped", "finished"}
+    assert len({_key(r["run"]) for r in records}) == 6
+    assert len(_results_files(output_dir)) == 6
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    spec = _write_spec(tmp_path, "sweep.yaml", tmp_path / "results", problems=["mnist_vae"])
+    result = subprocess.run(
+        [sys.executable, "-m", "backobs", "sweep", spec, "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=_child_environment(),
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"backobs sweep: error: {spec}: problems: mnist_vae is not supported by BackOBS: "
+        "variational autoencoder (its loss is not a module of the net output)"
+    ]
