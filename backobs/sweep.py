@@ -452,15 +452,20 @@ def _run_key(run):
     return json.dumps(run.to_dict(), sort_keys=True)
 
 
-def _describe_run(run):
-    """One line: problem, optimizer, hyperparameters other than the defaults, seed."""
-    known = optim.OPTIMIZERS[run.optimizer].hyperparameters
-    hyperparams = "".join(
-        f" {name}={value}"
-        for name, value in run.hyperparams.items()
+def _describe_hyperparams(optimizer, hyperparams):
+    """``name=value`` of the hyperparameters that differ from the optimizer's defaults."""
+    known = optim.OPTIMIZERS[optimizer].hyperparameters
+    return " ".join(
+        f"{name}={value}"
+        for name, value in hyperparams.items()
         if "default" not in known.get(name, {}) or known[name]["default"] != value
     )
-    return f"{run.problem} {run.optimizer}{hyperparams} seed {run.seed}"
+
+
+def _describe_run(run):
+    """One line: problem, optimizer, hyperparameters other than the defaults, seed."""
+    hyperparams = _describe_hyperparams(run.optimizer, run.hyperparams)
+    return f"{run.problem} {run.optimizer} {hyperparams} seed {run.seed}".replace("  ", " ")
 
 
 def _now():
@@ -998,7 +1003,7 @@ def _final_seeds_phase(sweep, grid, outcome, client, manifest, final_seeds):
                 "no setting ended with a finite score"
                 if chosen is None
                 else (
-                    f"{' '.join(f'{k}={v}' for k, v in chosen.items())} "
+                    f"{_describe_hyperparams(optimizer, chosen) or 'the defaults'} "
                     f"({choice['metric']} {choice['score']:.6g})"
                 )
             )
@@ -1019,7 +1024,18 @@ def _final_seeds_phase(sweep, grid, outcome, client, manifest, final_seeds):
 
 def _report(args, sweep, outcomes):
     ran = sum(o.count(*_RUN_STATUSES_DONE) for o in outcomes)
-    skipped = sum(o.count("skipped") for o in outcomes)
+    # the final seeds' seed 42 is the grid's run: skipped there, but not done before
+    ran_now = {
+        json.dumps(r["run"], sort_keys=True)
+        for o in outcomes
+        for r in o.records
+        if r["status"] in _RUN_STATUSES_DONE
+    }
+    skipped = sum(
+        r["status"] == "skipped" and json.dumps(r["run"], sort_keys=True) not in ran_now
+        for o in outcomes
+        for r in o.records
+    )
     failed = sum(o.count("failed", "interrupted") for o in outcomes)
     manifest = os.path.join(sweep.output_dir, MANIFEST_NAME)
     if any(o.interrupted for o in outcomes):

@@ -342,3 +342,31 @@ def test_command_line_errors_are_one_line(tmp_path):
         f"backobs sweep: error: {spec}: problems: mnist_vae is not supported by BackOBS: "
         "variational autoencoder (its loss is not a module of the net output)"
     ]
+
+
+def test_final_seeds_rerun_the_best_setting(dask_cluster, tmp_path, capsys):
+    output_dir = tmp_path / "results"
+    spec = _write_spec(
+        tmp_path,
+        "sweep.yaml",
+        output_dir,
+        problems=["quadratic_deep"],
+        optimizers={"sgd": {"lr": [0.001, 0.01]}},
+    )
+    assert (
+        sweep.command(_args(spec, "--scheduler", dask_cluster.address, "--final-seeds", "2")) == 0
+    )
+    grid = sweep.load_sweep(spec).runs()
+    # by hand: the lowest final validation loss (quadratic_deep has no accuracy)
+    final_losses = [_metrics(runs.existing_result(run))["valid_losses"][-1] for run in grid]
+    best = grid[final_losses.index(min(final_losses))]
+    with open(output_dir / sweep.SUMMARY_NAME) as stream:
+        choice = json.load(stream)["choices"]["quadratic_deep"]["sgd"]
+    assert choice["hyperparams"] == best.hyperparams
+    assert choice["score"] == min(final_losses)
+    assert [entry["seed"] for entry in choice["final_runs"]] == [42, 43]
+    assert all(os.path.exists(entry["path"]) for entry in choice["final_runs"])
+    records = _manifest(output_dir)
+    assert [r["status"] for r in records] == ["finished", "finished", "skipped", "finished"]
+    assert records[3]["run"] == dict(best.to_dict(), seed=43)
+    assert "3 runs finished, 0 were done before, 0 failed" in capsys.readouterr().out
