@@ -494,7 +494,7 @@ class _Manifest:
         }
         record.update(extra)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        # One write of one line: a crash never leaves half a record before an older one.
+        # One small write per record, appended: records of one sweep never interleave.
         with open(self.path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps(record, allow_nan=False, default=str) + "\n")
             stream.flush()
@@ -676,6 +676,8 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
     try:
         for run in pending_runs:
             key = f"backobs-run-{run.problem}-{run.optimizer}-{uuid.uuid4().hex[:12]}"
+            # No retries: a run that raises is recorded as failed (it would raise again); a
+            # run whose worker died is rescheduled by the scheduler (allowed-failures).
             future = client.submit(_run_on_worker, run.to_dict(), key=key, pure=False)
             futures[future] = run
         while futures:
