@@ -20,7 +20,9 @@ random_seed__<seed>__<date>.json``). What it adds:
 - its options (:mod:`backobs.options`) are checked before any work.
 """
 
+import importlib
 import os
+import random
 import sys
 import warnings
 from contextlib import contextmanager
@@ -277,6 +279,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             _device(device),
             _data_dir(arguments.get("data_dir")),
             data_sources.data_source(synthetic),
+            _deepobs_private_python_random(),
         ):
             return self._train_and_write(testproblem, **arguments)
 
@@ -516,6 +519,35 @@ def _open_summary_writer(log_dir):
         warnings.warn(f"TensorBoard logging is off: {error}", RuntimeWarning, stacklevel=3)
         return None
     return SummaryWriter(log_dir=log_dir)
+
+
+# DeepOBS 1.1.2 seeds Python's global generator and splits training from validation data
+# with it (``from random import seed`` in its runner, ``from random import shuffle`` in its
+# data sets). Any other thread drawing from that generator during a run (a Dask worker's event
+# loop samples frames with ``random.randint``; seen there in about one run in seven) changes
+# the split and every number after it. During a run DeepOBS gets a generator of its own:
+# seeded with the same seed and drawn in the same order, it gives a lone run's numbers.
+_DEEPOBS_RANDOM_USERS = (
+    ("deepobs.pytorch.runners.runner", "seed"),
+    ("deepobs.pytorch.datasets.dataset", "shuffle"),
+)
+
+
+@contextmanager
+def _deepobs_private_python_random():
+    """Give DeepOBS's ``seed`` and ``shuffle`` a private ``random.Random`` for a block."""
+    private = random.Random()
+    saved = []
+    for module_name, name in _DEEPOBS_RANDOM_USERS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, getattr(private, name))
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
 
 
 @contextmanager

@@ -135,7 +135,8 @@ def _runner_arguments(run):
         random_seed=run.seed,
         data_dir=run.data_dir,
         output_dir=run.output_dir,
-        weight_decay=0.0,
+        # l2 off where a problem has it (BackOBS supports none); None elsewhere, as DeepOBS.
+        weight_decay=0.0 if _regularized(run.problem) else None,
         # DeepOBS's logging options, as BackpackRunner.run defaults them
         no_logs=False,
         train_log_interval=10,
@@ -149,6 +150,15 @@ def _runner_arguments(run):
         log_interval=0,
         device=run.device,
     )
+
+
+def _regularized(problem):
+    from backobs import problems
+
+    try:
+        return (problems.default_l2_factor(problems.get_problem_class(problem)) or 0.0) > 0.0
+    except ValueError:  # an unknown problem: the checks name it
+        return False
 
 
 def _checked_arguments(run):

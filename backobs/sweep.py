@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import random
 import shlex
 import signal
 import socket
@@ -507,39 +506,6 @@ class _Manifest:
 _RUN_LOCK = threading.Lock()
 
 
-# DeepOBS 1.1.2 seeds Python's global generator and splits training from validation data with
-# it (``from random import seed`` in its runner, ``from random import shuffle`` in its data
-# sets). In a Dask worker another thread draws from that generator while a run trains (the
-# event loop: ``distributed.protocol.compression`` samples frames with ``random.randint``),
-# so the split, and every number after it, changed from run to run (seen here: about one run
-# in seven). During a run, DeepOBS gets a generator of its own; seeded with the same seed and
-# drawn in the same order, it gives the numbers of a run alone in a fresh process.
-_DEEPOBS_RANDOM_USERS = (
-    ("deepobs.pytorch.runners.runner", "seed"),
-    ("deepobs.pytorch.datasets.dataset", "shuffle"),
-)
-
-
-@contextlib.contextmanager
-def _deepobs_private_python_random():
-    import importlib
-
-    from backobs import _deepobs  # noqa: F401  (imports DeepOBS without TensorFlow)
-
-    private = random.Random()
-    saved = []
-    for module_name, name in _DEEPOBS_RANDOM_USERS:
-        module = importlib.import_module(module_name)
-        if hasattr(module, name):
-            saved.append((module, name, getattr(module, name)))
-            setattr(module, name, getattr(private, name))
-    try:
-        yield
-    finally:
-        for module, name, original in saved:
-            setattr(module, name, original)
-
-
 def _run_on_worker(run_dict):
     """Execute one run in a Dask worker; never raises for the run's own errors.
 
@@ -569,11 +535,9 @@ def _run_on_worker(run_dict):
             if done is not None:  # a retry after the first worker died having written it
                 record.update(status="finished", path=done, seconds=0.0, reused=True)
                 return record
-            with (
-                contextlib.redirect_stdout(captured),
-                contextlib.redirect_stderr(captured),
-                _deepobs_private_python_random(),
-            ):
+            # The runner gives DeepOBS a Python random generator of its own for the run
+            # (the Dask event loop draws from the global one).
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
                 result = runs.execute(run, verbose=False)
         except Exception as error:  # a failed run is a result of the sweep
             record.update(
