@@ -170,7 +170,7 @@ def _can_create_file(directory):
 # The command line of a run ------------------------------------------------------------------
 # One definition, used by ``example/run.py`` (through BackpackRunner) and ``backobs run``.
 
-EXTENSION_NAMES = tuple(name for name in _extensions.__all__ if name != "BackpropExtension")
+EXTENSION_NAMES = tuple(extension.__name__ for extension in _extensions.ALL)
 """The extensions that ``--extensions`` accepts, by class name."""
 
 SHORT_RUN_STEPS = 10

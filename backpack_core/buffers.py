@@ -13,9 +13,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from backpack_core._torch_private import storage_use_count
+
 
 def _counts(tensor: Tensor):
-    return sys.getrefcount(tensor), torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+    return sys.getrefcount(tensor), storage_use_count(tensor)
 
 
 def _baseline():

@@ -1,7 +1,9 @@
 """Engine-wide settings."""
 
 import os
-from typing import Optional
+from typing import Optional, Union
+
+import torch
 
 
 def _physical_memory() -> Optional[int]:
@@ -12,7 +14,7 @@ def _physical_memory() -> Optional[int]:
 
 
 _DEFAULT_LIMIT = (_physical_memory() or 32 * 2**30) // 2
-_memory_limit = _DEFAULT_LIMIT
+_memory_limit: Optional[int] = None  # None: the default of each device
 
 
 def set_memory_limit(num_bytes: Optional[int]) -> None:
@@ -25,11 +27,12 @@ def set_memory_limit(num_bytes: Optional[int]) -> None:
     the operating system kill the process.
 
     Args:
-        num_bytes: The limit in bytes; ``None`` restores the default (half the physical
-            memory of this machine).
+        num_bytes: The limit in bytes, for tensors on any device; ``None`` restores the
+            default, which follows the tensors' device: half the physical memory of this
+            machine for CPU tensors, the free memory of the GPU for CUDA tensors.
     """
     global _memory_limit
-    _memory_limit = _DEFAULT_LIMIT if num_bytes is None else int(num_bytes)
+    _memory_limit = None if num_bytes is None else int(num_bytes)
 
 
 def format_bytes(num_bytes: float) -> str:
@@ -41,6 +44,16 @@ def format_bytes(num_bytes: float) -> str:
     return f"{num_bytes:.1f} GiB"
 
 
-def memory_limit() -> int:
-    """The current limit in bytes (see :func:`set_memory_limit`)."""
-    return _memory_limit
+def memory_limit(device: Union[torch.device, str, None] = None) -> int:
+    """The current limit in bytes for tensors on ``device`` (see :func:`set_memory_limit`).
+
+    Args:
+        device: Where the quantity lives; ``None``: the CPU.
+    """
+    if _memory_limit is not None:
+        return _memory_limit
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    return _DEFAULT_LIMIT

@@ -14,11 +14,14 @@ gradient w.r.t. that output. Inside ``with backpack(...)`` each firing
 and frees the record. Outside the context it only frees the record, so an extended model
 that trains without extensions, or evaluates under ``torch.no_grad()``, keeps nothing.
 
-Quantities can only be passed on along a chain of modules. The loss's forward hook walks
-the autograd graph behind it and remembers whether any intermediate result is used twice
-(e.g. a residual connection); a module whose output was not consumed by an extended module
-finds no deposit. Either is an error for extensions that backpropagate, never a silent
-wrong number.
+Where a tensor feeds several modules (a residual connection ``y = f(x) + x``, an output
+used twice), the quantities arriving from its consumers are summed. The loss's forward hook
+walks the autograd graph behind it *between* extended modules (a module's own forward is
+not looked into: reusing a tensor there is no branching), counts the consumers of every
+module output, and notes the additions and subtractions it passes (``a + b``, ``a - b``),
+which pass quantities on to both operands. Any other operation between extended modules is
+an error for extensions that backpropagate, never a silent wrong number: put it into a
+module of its own (a parameter-free module needs no registered derivatives).
 """
 
 import weakref
@@ -27,9 +30,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 from torch.nn import Module
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from backpack_core import _torch_private
 from backpack_core.derivatives import LossDerivatives, ModuleIO, derivatives_for
+from backpack_core.derivatives import autograd as autograd_fallback
 from backpack_core.derivatives.base import UnsupportedOperation
 from backpack_core.extensions.base import BackpropExtension
 
@@ -44,10 +48,14 @@ class _Record(ModuleIO):
         extra = derivatives.capture(module, inputs[0], output) if derivatives else None
         super().__init__(module, inputs[0], output.detach(), target=target, extra=extra)
         self.derivatives = derivatives
-        self.output_id = id(output)
-        self.output_ref = weakref.ref(output)
+        self.output_key = _edge_key(output.grad_fn, output.output_nr)
+        grad_fn = inputs[0].grad_fn
+        self.input_key = None if grad_fn is None else _edge_key(grad_fn, inputs[0].output_nr)
+        self.several_inputs = sum(
+            isinstance(x, Tensor) and x.requires_grad for x in inputs
+        ) > 1 and not isinstance(derivatives, LossDerivatives)
         self.pending = True
-        self.branching: Optional[str] = None
+        self.plan: Optional[_Plan] = None
 
     def release(self) -> None:
         """Drop the tensors: the backward pass is done with this call."""
@@ -67,9 +75,12 @@ class _ActivePass:
             for quantity in extension.quantities():
                 quantities.setdefault(quantity.key, quantity)
         self.quantities = list(quantities.values())
-        self.individual_gradients_wanted = any(e.savefield == "grad_batch" for e in extensions)
-        # id(tensor) -> (tensor, {quantity key: value}) deposited on a module's input
-        self.deposits: Dict[int, Tuple[Tensor, dict]] = {}
+        self.individual_gradients_field = next(
+            (e.savefield for e in extensions if e.stores_individual_gradients), None
+        )
+        # edge key -> [number of deposits, {quantity key: value}] (summed over consumers)
+        self.deposits: Dict[Tuple[int, int], list] = {}
+        self.plan: Optional[_Plan] = None
 
     # ------------------------------------------------------------------ helpers
     def _names(self) -> str:
@@ -79,19 +90,37 @@ class _ActivePass:
         names = ", ".join(type(e).__name__ for e in self.extensions if e.quantities())
         return f"The curvature extensions ({names})"
 
-    def _deposit(self, tensor: Tensor, values: dict) -> None:
-        self.deposits[id(tensor)] = (tensor, values)
+    def _deposit(self, key: Tuple[int, int], values: dict, coefficient: float = 1.0) -> None:
+        """Add ``coefficient * values`` to what was deposited on edge ``key``.
+
+        An addition's result passes the sum on to its operands once all its consumers have
+        deposited.
+        """
+        if coefficient != 1.0:
+            values = {q.key: q.scale(values[q.key], coefficient) for q in self.quantities}
+        entry = self.deposits.get(key)
+        if entry is None:
+            entry = self.deposits[key] = [0, values]
+        else:
+            entry[1] = {q.key: q.add(entry[1][q.key], values[q.key]) for q in self.quantities}
+        entry[0] += 1
+        operands = self.plan.sums.get(key) if self.plan is not None else None
+        if operands is not None and entry[0] == self.plan.consumers[key]:
+            del self.deposits[key]
+            for operand, operand_coefficient in operands:
+                self._deposit(operand, entry[1], operand_coefficient)
 
     def _take(self, record: _Record) -> dict:
-        entry = self.deposits.pop(record.output_id, None)
-        if entry is None or entry[0] is not record.output_ref():
+        entry = self.deposits.pop(record.output_key, None)
+        expected = self.plan.consumers.get(record.output_key) if self.plan is not None else None
+        if entry is None or entry[0] != expected:
             raise NotImplementedError(
-                f"{self._backpropagating_names()} need a network that is a chain of "
-                f"extended modules, but the output of {record.module} was not passed "
-                "directly to an extended module (an operation outside the modules, e.g. "
-                "torch.relu(x) or x.view(...) in a forward method, sits in between). "
-                "Replace it with a module (nn.ReLU, nn.Flatten, ...) or use first-order "
-                "extensions only."
+                f"{self._backpropagating_names()} could not collect the quantities at the "
+                f"output of {record.module}: not every consumer of it is an extended module "
+                "or an addition (an operation outside the modules, e.g. torch.relu(x) or "
+                "x.view(...) in a forward method, sits in between). Put it into a module of "
+                "its own (nn.ReLU, nn.Flatten, or your own parameter-free module) or use "
+                "first-order extensions only."
             )
         return entry[1]
 
@@ -104,12 +133,11 @@ class _ActivePass:
         if isinstance(derivatives, LossDerivatives):
             self._start(record, derivatives, grad_output)
             return
-        if isinstance(module, _BatchNorm) and module.training:
-            raise NotImplementedError(
-                f"{self._names()} cannot run on {type(module).__name__} in training mode: "
-                "there, one sample's output depends on the whole batch, so per-sample and "
-                "curvature quantities are undefined. Call .eval() on it or remove it."
-            )
+        if derivatives is not None:
+            try:
+                derivatives.check(record)
+            except UnsupportedOperation as error:
+                raise NotImplementedError(f"{self._names()} cannot run on {error}") from None
         params = [
             (name, p) for name, p in module._parameters.items() if p is not None and p.requires_grad
         ]
@@ -127,7 +155,7 @@ class _ActivePass:
         from backpack_core.extensions.base import ModuleContext
 
         ctx = ModuleContext(
-            record, derivatives, grad_output, incoming, self.individual_gradients_wanted
+            record, derivatives, grad_output, incoming, self.individual_gradients_field
         )
         for extension in self.extensions:
             for name, param in params:
@@ -149,13 +177,11 @@ class _ActivePass:
                     raise NotImplementedError(
                         f"{self._backpropagating_names()} cannot pass through {module}: {error}"
                     ) from None
-            self._deposit(record.input, outgoing)
+            self._deposit(record.input_key, outgoing)
 
     def _check_called_once(self, module: Module) -> None:
         """Refuse a module with parameters that this backward pass reaches twice."""
-        task = _graph_task_id()
-        if task is None:
-            return
+        task = _torch_private.graph_task_id()
         if getattr(module, "_backpack_core_task", None) == task:
             raise NotImplementedError(
                 f"{self._names()}: {module} was called more than once in the graph this "
@@ -183,15 +209,28 @@ class _ActivePass:
                 f"objective multiplied by {scale} < 0; curvature factors need a non-negative "
                 "factor (minimise the loss, do not maximise it)."
             )
-        if record.branching is not None:
+        plan = record.plan
+        if plan.problem is not None:
             raise NotImplementedError(
-                f"{self._backpropagating_names()} need a network that is a chain of modules, "
-                f"but in the graph behind {record.module} {record.branching} (e.g. a residual "
-                "connection). First-order extensions work on such graphs."
+                f"{self._backpropagating_names()} pass quantities through extended modules "
+                "and through additions between them, but in the graph behind "
+                f"{record.module} {plan.problem}. Put that operation into a module of its "
+                "own (a parameter-free module needs no registered derivatives: autograd "
+                "provides them). First-order extensions work on such graphs."
             )
+        if plan.branches:
+            for quantity in self.quantities:
+                if not quantity.supports_branching:
+                    raise NotImplementedError(
+                        f"{quantity.name} cannot run where a tensor feeds several modules "
+                        f"or a sum (in the graph behind {record.module}): "
+                        f"{quantity.branching_refusal} Use KFLR or KFAC on such networks."
+                    )
         self.deposits.clear()
+        self.plan = plan
         values = {q.key: q.start(derivatives, record, scale) for q in self.quantities}
-        self._deposit(record.input, values)
+        if record.input_key is not None:
+            self._deposit(record.input_key, values)
 
 
 _ACTIVE: List[_ActivePass] = []
@@ -203,29 +242,82 @@ def _supported() -> List[str]:
     return supported_modules()
 
 
-def _graph_task_id() -> Optional[int]:
-    """An id of the running backward pass (``None`` where torch does not expose one)."""
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    return None if current is None else current()
+def _edge_key(node, output_nr: int) -> Tuple[int, int]:
+    """The key of a tensor in the autograd graph: its producing node and output number.
+
+    Node ids are unique while the graph is alive, which is as long as a pass needs them.
+    """
+    return (id(node), output_nr)
 
 
-def _branching(root) -> Optional[str]:
-    """Describe an intermediate result of the graph behind ``root`` that is used twice."""
-    uses: Dict[object, int] = {}
-    stack, seen = [root], {root}
+# the calls of extended modules whose backward has not run yet, by the key of their output
+_PENDING: "weakref.WeakValueDictionary[Tuple[int, int], _Record]" = weakref.WeakValueDictionary()
+
+
+class _Plan:
+    """The graph behind a loss, between extended modules (see the module docstring).
+
+    Attributes:
+        consumers: Edge key -> how many deposits arrive there (extended modules reading
+            the tensor, plus sums with it as an operand).
+        sums: Edge key of a sum's result -> ``[(operand key, coefficient), ...]``.
+        branches: Whether some tensor has several consumers or a sum lies in between.
+        problem: What prevents passing quantities back, or ``None``.
+    """
+
+    def __init__(self):
+        self.consumers: Dict[Tuple[int, int], int] = {}
+        self.sums: Dict[Tuple[int, int], List[Tuple[Tuple[int, int], float]]] = {}
+        self.branches = False
+        self.problem: Optional[str] = None
+
+    def _consume(self, key: Tuple[int, int]) -> bool:
+        """Count one consumer of ``key``; ``True`` the first time it is seen."""
+        count = self.consumers.get(key, 0) + 1
+        self.consumers[key] = count
+        if count > 1:
+            self.branches = True
+        return count == 1
+
+
+def _plan(loss_record: _Record) -> _Plan:
+    """Walk the graph behind a loss's input, from extended module to extended module."""
+    plan = _Plan()
+    start = loss_record.input.grad_fn
+    if start is None:
+        return plan
+    stack = [(start, loss_record.input.output_nr)]
+    plan._consume(_edge_key(*stack[0]))
     while stack:
-        node = stack.pop()
-        for child, _ in node.next_functions:
+        node, output_nr = stack.pop()
+        key = _edge_key(node, output_nr)
+        record = _PENDING.get(key)
+        if record is not None:
+            if record.several_inputs:
+                plan.problem = plan.problem or (
+                    f"{record.module} takes several tensors that need gradients"
+                )
+            grad_fn = record.input.grad_fn
+            if grad_fn is not None and plan._consume(record.input_key):
+                stack.append((grad_fn, record.input.output_nr))
+            continue
+        coefficients = _torch_private.sum_coefficients(node)
+        if coefficients is None:
+            if type(node).__name__ != "AccumulateGrad":
+                plan.problem = plan.problem or (
+                    f"the result of {node.name()} (no extended module) lies in between"
+                )
+            continue
+        plan.branches = True
+        operands = plan.sums[key] = []
+        for (child, child_nr), coefficient in zip(node.next_functions, coefficients):
             if child is None or type(child).__name__ == "AccumulateGrad":
                 continue
-            uses[child] = uses.get(child, 0) + 1
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    for node, count in uses.items():
-        if count > 1:
-            return f"the result of {node.name()} is used {count} times"
-    return None
+            child_key = _edge_key(child, child_nr)
+            operands.append((child_key, coefficient))
+            if plan._consume(child_key):
+                stack.append((child, child_nr))
+    return plan
 
 
 def _on_output_grad(record: _Record, grad_output: Tensor) -> None:
@@ -240,14 +332,18 @@ def _on_output_grad(record: _Record, grad_output: Tensor) -> None:
 
 
 def _forward_hook(module: Module, inputs: tuple, output) -> None:
+    if autograd_fallback.evaluating():
+        return  # the fallback differentiating a module: not a call of the network
     if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
         return
     if not inputs or not isinstance(inputs[0], Tensor) or output is inputs[0]:
         return  # a module that returned its input unchanged computed the identity
     derivatives = derivatives_for(module)
     record = _Record(module, inputs, output, derivatives)
-    if isinstance(derivatives, LossDerivatives) and output.grad_fn is not None:
-        record.branching = _branching(output.grad_fn)
+    if isinstance(derivatives, LossDerivatives):
+        record.plan = _plan(record)
+    else:
+        _PENDING[record.output_key] = record
     output.register_hook(lambda grad: _on_output_grad(record, grad))
 
 
@@ -338,4 +434,5 @@ class backpack:  # noqa: N801 (a context manager named like BackPACK's)
     def __exit__(self, *exc_info):
         _ACTIVE.remove(self._pass)
         self._pass.deposits.clear()
+        self._pass.plan = None
         return False

@@ -6,7 +6,7 @@ with the same ``mc_samples`` share one sampled factor.
 """
 
 from math import prod, sqrt
-from typing import Hashable, List, Tuple
+from typing import Dict, Hashable, Tuple
 
 import torch
 from torch import Tensor
@@ -20,6 +20,25 @@ class BackpropagatedQuantity:
 
     key: Hashable = None
 
+    #: Whether the quantity w.r.t. a tensor that feeds several modules is the sum of the
+    #: quantities arriving from each (true for anything linear in the backpropagated
+    #: columns); if not, :attr:`branching_refusal` says why.
+    supports_branching = True
+    branching_refusal = ""
+
+    @property
+    def name(self) -> str:
+        """The quantity's class name, for messages."""
+        return type(self).__name__
+
+    def add(self, first, second):
+        """The quantity at a tensor from the parts arriving from two of its consumers."""
+        return first + second
+
+    def scale(self, value, coefficient: float):
+        """The quantity at ``a`` from the one at ``coefficient * a`` (an operand of a sum)."""
+        return value * coefficient
+
     def start(self, derivatives: LossDerivatives, io: ModuleIO, scale: float):
         """The quantity w.r.t. the loss input, for a loss whose output is scaled by ``scale``."""
         raise NotImplementedError
@@ -32,7 +51,7 @@ class BackpropagatedQuantity:
 def _check_columns(io: ModuleIO, columns: int, like: Tensor, what: str) -> None:
     """Refuse to form ``[columns, N, *in]`` above the engine's memory limit."""
     needed = columns * io.input.numel() * like.element_size()
-    limit = memory_limit()
+    limit = memory_limit(like.device)
     if needed > limit:
         raise MemoryError(
             f"{what}: passing {columns} columns per sample through {io.module} needs a "
@@ -68,33 +87,49 @@ class SqrtGGNMonteCarlo(SqrtGGNExact):
 
 
 class HessianFactors(BackpropagatedQuantity):
-    """Signed symmetric factors ``[(factor, sign), ...]`` of the Hessian at a module output.
+    """Signed symmetric factors ``{origin: (factor, sign)}`` of the Hessian at a module output.
 
     Their signed outer products sum to the Hessian w.r.t. the module's output.
 
-    The loss contributes its exact Hessian factor; every elementwise module with a non-zero
-    second derivative adds the diagonal residual ``f''(x) * grad_output``, split into its
-    positive and negative parts.
+    The loss contributes its exact Hessian factor; every module with a non-zero second
+    derivative adds the diagonal residual ``f''(x) * grad_output``, split into its positive
+    and negative parts. Each factor is keyed by where it started, so that where a tensor
+    feeds several modules the parts of the same factor are summed (the chain rule's second
+    derivatives on a graph: every residual enters once, through the sum of the paths'
+    Jacobians), and a factor that started in one branch only is carried as it is.
     """
 
     key = "hessian_factors"
 
+    def add(self, first, second):
+        result = dict(first)
+        for origin, (factor, sign) in second.items():
+            if origin in result:
+                factor = result[origin][0] + factor
+            result[origin] = (factor, sign)
+        return result
+
+    def scale(self, value, coefficient):
+        return {origin: (factor * coefficient, sign) for origin, (factor, sign) in value.items()}
+
     def start(self, derivatives, io, scale):
-        return [(derivatives.sqrt_hessian(io) * sqrt(scale), 1.0)]
+        return {"loss": (derivatives.sqrt_hessian(io) * sqrt(scale), 1.0)}
 
     def backpropagate(self, derivatives, io, value, grad_output):
-        columns = sum(factor.shape[0] for factor, _ in value)
+        columns = sum(factor.shape[0] for factor, _ in value.values())
         residual = derivatives.hessian_residual(io, grad_output)
         if residual is not None:
             columns += 2 * residual[0].numel()
-        _check_columns(io, columns, value[0][0], "the Hessian factors")
-        factors: List[Tuple[Tensor, float]] = [
-            (derivatives.jac_t_mat_prod(io, factor), sign) for factor, sign in value
-        ]
+        like = next(iter(value.values()))[0]
+        _check_columns(io, columns, like, "the Hessian factors")
+        factors: Dict[Hashable, Tuple[Tensor, float]] = {
+            origin: (derivatives.jac_t_mat_prod(io, factor), sign)
+            for origin, (factor, sign) in value.items()
+        }
         if residual is not None:
             for sign, part in ((1.0, residual.clamp(min=0)), (-1.0, (-residual).clamp(min=0))):
                 if part.any():
-                    factors.append((_diagonal_factor(part.sqrt()), sign))
+                    factors[(id(io), sign)] = (_diagonal_factor(part.sqrt()), sign)
         return factors
 
 
@@ -123,6 +158,17 @@ class KFRAMatrix(BackpropagatedQuantity):
     """
 
     key = "kfra"
+    supports_branching = False
+    branching_refusal = (
+        "KFRA's recursion passes one batch-averaged matrix per layer, and the average of "
+        "J^T M J over a sum of paths J = J_1 + J_2 has cross terms E[J_1^T M J_2] that the "
+        "per-path averages do not keep."
+    )
+
+    @property
+    def name(self) -> str:
+        """``"KFRA"``: the extension this quantity belongs to."""
+        return "KFRA"
 
     def __init__(self, max_bytes=None):
         self.max_bytes = max_bytes
@@ -168,7 +214,7 @@ class KFRAMatrix(BackpropagatedQuantity):
 
     def _check_dense(self, features: int, like: Tensor, io: ModuleIO) -> None:
         needed = features * features * like.element_size()
-        limit = memory_limit() if self.max_bytes is None else self.max_bytes
+        limit = memory_limit(like.device) if self.max_bytes is None else self.max_bytes
         if needed > limit:
             raise MemoryError(
                 f"KFRA would form a dense {features} x {features} matrix "

@@ -1,14 +1,18 @@
 """The math of each module family, and the registry that maps module classes to it.
 
-Adding a layer type: write its :class:`~backpack_core.derivatives.base.Derivatives` in a
-file here and add one line to ``_DEFAULTS`` (or call :func:`register_derivatives` from
-outside). Every extension then works for it.
+A module without parameters needs nothing: without registered derivatives it gets them
+from autograd (:mod:`backpack_core.derivatives.autograd`). Registered derivatives are for
+speed, and for layers with parameters: write its
+:class:`~backpack_core.derivatives.base.Derivatives` in a file here and add one line to
+``_DEFAULTS`` (or call :func:`register_derivatives` from outside). Every extension then
+works for it.
 """
 
 from typing import Dict, Optional, Type
 
 from torch import nn
 
+from backpack_core.derivatives.autograd import fallback_for
 from backpack_core.derivatives.base import Derivatives, LossDerivatives, ModuleIO
 from backpack_core.derivatives.convolution import ConvolutionDerivatives
 from backpack_core.derivatives.elementwise import (
@@ -20,6 +24,7 @@ from backpack_core.derivatives.elementwise import (
 )
 from backpack_core.derivatives.linear import LinearDerivatives
 from backpack_core.derivatives.loss import CrossEntropyDerivatives, MSELossDerivatives
+from backpack_core.derivatives.normalization import BatchNormDerivatives
 from backpack_core.derivatives.pooling import AvgPoolDerivatives, MaxPoolDerivatives
 from backpack_core.derivatives.reshape import (
     FlattenDerivatives,
@@ -64,6 +69,13 @@ _DEFAULTS = {
 
 _REGISTRY: Dict[Type[nn.Module], Derivatives] = dict(_DEFAULTS)
 
+# Modules the engine knows and refuses (their ``check`` says why); not listed as supported.
+_REFUSED: Dict[Type[nn.Module], Derivatives] = {
+    nn.BatchNorm1d: BatchNormDerivatives(),
+    nn.BatchNorm2d: BatchNormDerivatives(),
+    nn.BatchNorm3d: BatchNormDerivatives(),
+}
+
 
 def register_derivatives(module_class: Type[nn.Module], derivatives: Derivatives) -> None:
     """Teach the engine a module class (exact class match, subclasses are not inferred).
@@ -81,8 +93,16 @@ def register_derivatives(module_class: Type[nn.Module], derivatives: Derivatives
 
 
 def derivatives_for(module: nn.Module) -> Optional[Derivatives]:
-    """The derivatives of ``module``'s exact class, or ``None`` if it is unknown."""
-    return _REGISTRY.get(type(module))
+    """The derivatives of ``module``'s exact class.
+
+    Falls back to autograd's (:class:`~backpack_core.derivatives.autograd.AutogradDerivatives`)
+    for an unregistered module without parameters.
+
+    Returns:
+        The derivatives, or ``None`` for an unregistered module with parameters.
+    """
+    registered = _REGISTRY.get(type(module)) or _REFUSED.get(type(module))
+    return registered if registered is not None else fallback_for(module)
 
 
 def supported_modules():

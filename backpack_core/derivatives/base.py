@@ -67,6 +67,13 @@ class Derivatives:
     #: ``J^T M J`` straight to a feature map's channel form.
     reshapes_only = False
 
+    def check(self, io: ModuleIO) -> None:
+        """Raise :class:`UnsupportedOperation` if this call cannot be handled at all.
+
+        Args:
+            io: The module call, checked before any extension runs on it.
+        """
+
     def capture(self, module: Module, input: Tensor, output: Tensor) -> Any:
         """Keep what the backward pass will need beyond input and output (forward time).
 
@@ -296,9 +303,6 @@ class LossDerivatives(Derivatives):
     the reduced loss w.r.t. the network output.
     """
 
-    def check(self, io: ModuleIO) -> None:
-        """Raise if the loss module is configured in a way the engine does not support."""
-
     def sqrt_hessian(self, io: ModuleIO) -> Tensor:
         """Exact symmetric factor ``[V, N, *in]`` of the per-sample loss Hessians."""
         raise NotImplementedError
@@ -315,16 +319,6 @@ class LossDerivatives(Derivatives):
         raise NotImplementedError
 
 
-def flatten_features(tensor: Tensor, leading: int) -> Tensor:
-    """Flatten all dimensions after the first ``leading`` ones."""
-    return tensor.reshape(*tensor.shape[:leading], -1)
-
-
 def gram(rows: Tensor) -> Tensor:
     """``rows^T rows`` ``[D, D]`` of a matrix ``[K, D]`` (may be a transposed view)."""
     return rows.T @ rows
-
-
-def eye_like(size: int, like: Tensor) -> Tensor:
-    """Identity matrix with ``like``'s dtype and device."""
-    return torch.eye(size, dtype=like.dtype, device=like.device)

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor, einsum
 
+from backpack_core._torch_private import saved_tensor
 from backpack_core.derivatives.base import Derivatives, ModuleIO
 
 
@@ -34,9 +35,6 @@ class ElementwiseDerivatives(Derivatives):
     def hessian_residual(self, io, grad_output):
         second = self.second_derivative(io)
         return None if second is None else second * grad_output
-
-    def batch_grad(self, io, name, grad_output):
-        raise AssertionError("elementwise modules have no parameters")
 
     def ea_jac_t_mat_jac_prod(self, io, mat):
         df = self._first(io).flatten(1)
@@ -97,9 +95,9 @@ class DropoutDerivatives(ElementwiseDerivatives):
         if not module.training or module.p == 0:
             return None
         node = output.grad_fn
-        for attribute, scale in (("_saved_other", 1.0), ("_saved_result1", 1 / (1 - module.p))):
-            saved = getattr(node, attribute, None)
-            if isinstance(saved, Tensor) and saved.shape == output.shape:
+        for attribute, scale in (("other", 1.0), ("result1", 1 / (1 - module.p))):
+            saved = saved_tensor(node, attribute)
+            if saved is not None and saved.shape == output.shape:
                 return saved.to(output.dtype) * scale
         raise RuntimeError(
             "backpack_core could not read the dropout mask of "

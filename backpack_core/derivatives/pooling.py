@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from backpack_core._torch_private import saved_tensor
 from backpack_core.derivatives.base import Derivatives
 
 
@@ -14,8 +15,8 @@ class MaxPoolDerivatives(Derivatives):
 
     def capture(self, module, input, output):
         # Autograd keeps the argmax indices for its own backward; reuse them.
-        saved = getattr(output.grad_fn, "_saved_result1", None)
-        if isinstance(saved, torch.Tensor) and saved.shape == output.shape:
+        saved = saved_tensor(output.grad_fn, "result1")
+        if saved is not None and saved.shape == output.shape:
             return saved
         return None
 

@@ -20,7 +20,26 @@ from backpack_core.extensions.firstorder import (
     Variance,
 )
 
+#: Every extension class of the engine, first order first.
+ALL = (
+    BatchGrad,
+    BatchL2Grad,
+    SumGradSquared,
+    Variance,
+    BatchDotGrad,
+    DiagGGNExact,
+    DiagGGNMC,
+    BatchDiagGGNExact,
+    BatchDiagGGNMC,
+    DiagHessian,
+    BatchDiagHessian,
+    KFAC,
+    KFLR,
+    KFRA,
+)
+
 __all__ = [
+    "ALL",
     "BackpropExtension",
     "BatchGrad",
     "BatchL2Grad",

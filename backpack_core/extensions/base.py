@@ -20,6 +20,11 @@ class BackpropExtension:
     savefield: str = None
     per_sample: bool = False
     """Whether the value has one entry per sample along its first dimension (``[N, ...]``)."""
+    stores_individual_gradients: bool = False
+    """Whether the value stored is the individual gradients ``[N, *p.shape]`` themselves:
+    the other first-order quantities of the pass are then derived from them, and the
+    previous step's tensor in ``param.<savefield>`` may be reused (see
+    :mod:`backpack_core.buffers`)."""
 
     def quantities(self) -> Tuple[BackpropagatedQuantity, ...]:
         """The quantities this extension needs backpropagated from the loss (none: first order)."""
@@ -55,8 +60,9 @@ class ModuleContext:
         derivatives: The math of the module's class.
         grad_output: Gradient of the loss w.r.t. the module output, ``[N, *out]``.
         quantities: Backpropagated quantities at the module output, by key.
-        individual_gradients_wanted: Some active extension stores individual gradients, so
-            the other first-order quantities are derived from them instead of recomputed.
+        individual_gradients_field: The attribute in which an active extension stores the
+            individual gradients (then the other first-order quantities are derived from
+            them instead of recomputed), or ``None``.
     """
 
     def __init__(
@@ -65,13 +71,14 @@ class ModuleContext:
         derivatives: Derivatives,
         grad_output: Tensor,
         quantities: Dict[Hashable, Any],
-        individual_gradients_wanted: bool,
+        individual_gradients_field: Optional[str],
     ):
         self.io = io
         self.derivatives = derivatives
         self.grad_output = grad_output
         self.quantities = quantities
-        self.individual_gradients_wanted = individual_gradients_wanted
+        self.individual_gradients_field = individual_gradients_field
+        self.individual_gradients_wanted = individual_gradients_field is not None
         self._memo: Dict[Hashable, Any] = {}
 
     @property
@@ -103,7 +110,8 @@ class ModuleContext:
             if self.individual_gradients_wanted:
                 param = getattr(self.io.module, name)
                 shape = (self.batch_size, *param.shape)
-                out = reusable(param, "grad_batch", shape, param.dtype, param.device)
+                field = self.individual_gradients_field
+                out = reusable(param, field, shape, param.dtype, param.device)
             return self.derivatives.batch_grad(self.io, name, self.grad_output, out=out)
 
         return self.memo(("batch_grad", name), compute)

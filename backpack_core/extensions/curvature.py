@@ -98,7 +98,7 @@ class DiagHessian(BackpropExtension):
 
     def compute(self, ctx, name):
         result = None
-        for factor, sign in ctx.quantities[HessianFactors.key]:
+        for factor, sign in ctx.quantities[HessianFactors.key].values():
             part = ctx.derivatives.diag_ggn(ctx.io, name, factor, sum_batch=self.sum_batch)
             result = part * sign if result is None else result + part * sign
         return result

@@ -12,6 +12,7 @@ class BatchGrad(BackpropExtension):
 
     savefield = "grad_batch"
     per_sample = True
+    stores_individual_gradients = True
 
     def compute(self, ctx, name):
         return ctx.batch_grad(name)

@@ -14,39 +14,21 @@ from torch.func import functional_call, grad, jacrev, vmap
 import backobs
 from backpack_core import backpack
 from backpack_core.extensions import (
-    KFAC,
+    ALL,
     KFLR,
-    KFRA,
     BatchDiagGGNExact,
-    BatchDiagGGNMC,
     BatchDiagHessian,
     BatchDotGrad,
     BatchGrad,
     BatchL2Grad,
     DiagGGNExact,
-    DiagGGNMC,
     DiagHessian,
     SumGradSquared,
     Variance,
 )
 
 BATCH_SIZE = 3
-EXTENSIONS = [
-    BatchGrad,
-    BatchL2Grad,
-    SumGradSquared,
-    Variance,
-    BatchDotGrad,
-    DiagGGNExact,
-    DiagGGNMC,
-    BatchDiagGGNExact,
-    BatchDiagGGNMC,
-    DiagHessian,
-    BatchDiagHessian,
-    KFAC,
-    KFLR,
-    KFRA,
-]
+EXTENSIONS = list(ALL)
 
 
 def _expected_shapes(extension, parameter):

@@ -120,6 +120,68 @@ def conv2d_net(conv: Callable[[], nn.Module], flat_features: int, *tail: Callabl
     )
 
 
+class Cube(nn.Module):
+    """``x^3 / 3 + x``: a user's elementwise module that reuses its input in its forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * x * x / 3 + x
+
+
+def fallback_conv_net(activation: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """Builder of a small conv net with an activation the engine has no derivatives for."""
+    return lambda: nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        activation(),
+        nn.Conv2d(3, 2, 2, stride=2),
+        activation(),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+
+
+class ResidualMLP(nn.Module):
+    """``x = lin0(x)``, ``y = lin2(act(lin1(x))) + x``, then ``out(act2(y))``."""
+
+    def __init__(self, activation: Callable[[], nn.Module], after: Callable[[], nn.Module]):
+        super().__init__()
+        self.lin0, self.lin1, self.lin2 = nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 5)
+        self.act, self.after, self.out = activation(), after(), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.lin0(x)
+        return self.out(self.after(self.lin2(self.act(self.lin1(x))) + x))
+
+
+class ResidualConvNet(nn.Module):
+    """A conv net with two residual blocks, the second after the first (no module in between)."""
+
+    def __init__(self, activation: Callable[[], nn.Module]):
+        super().__init__()
+        self.conv0 = nn.Conv2d(2, 3, 3, padding=1)
+        self.block1 = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), activation())
+        self.block2 = nn.Sequential(activation(), nn.Conv2d(3, 3, 1))
+        self.head = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv0(x)
+        x = x + self.block1(x)
+        x = self.block2(x) + x
+        return self.head(x)
+
+
+class SharedInput(nn.Module):
+    """One tensor read by two branches whose results are subtracted: ``tanh(a(x)) - b(x)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin0, self.a, self.b = nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(5, 4)
+        self.act, self.out = nn.Tanh(), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.lin0(x)
+        return self.out(torch.sub(self.act(self.a(x)), self.b(x), alpha=2.0))
+
+
 def frozen_weight_mlp() -> nn.Module:
     """An MLP whose first weight and last bias do not require gradients."""
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
@@ -340,6 +402,41 @@ SETTINGS = [
         "mean",
     ),
     Setting("frozen-conv-weight-sigmoid-ce-sum", frozen_conv_weight_net, (3, 2, 4, 4), "ce", "sum"),
+    # parameter-free modules without registered derivatives: the autograd fallback
+    Setting("mlp-elu-ce-mean", mlp(nn.ELU), (4, 6)),
+    Setting("mlp-gelu-mse-sum", mlp(nn.GELU), (3, 6), "mse", "sum"),
+    Setting("mlp-softplus-ce-sum", mlp(nn.Softplus), (4, 6), "ce", "sum"),
+    Setting("mlp-silu-mse-mean", mlp(nn.SiLU), (3, 6), "mse", "mean"),
+    Setting("mlp-cube-ce-mean", mlp(Cube), (4, 6)),
+    Setting("conv2d-elu-ce-sum", fallback_conv_net(nn.ELU), (3, 2, 4, 4), "ce", "sum"),
+    Setting("conv2d-gelu-mse-mean", fallback_conv_net(nn.GELU), (2, 2, 4, 4), "mse", "mean"),
+    Setting("conv2d-silu-ce-mean", fallback_conv_net(nn.SiLU), (3, 2, 4, 4)),
+    Setting("conv2d-cube-mse-sum", fallback_conv_net(Cube), (2, 2, 4, 4), "mse", "sum"),
+    # residual connections and tensors read by several modules
+    Setting(
+        "residual-mlp-tanh-sigmoid-ce-mean",
+        lambda: ResidualMLP(nn.Tanh, nn.Sigmoid),
+        (4, 6),
+    ),
+    Setting(
+        "residual-mlp-relu-mse-sum",
+        lambda: ResidualMLP(nn.ReLU, nn.Identity),
+        (3, 6),
+        "mse",
+        "sum",
+    ),
+    Setting(
+        "residual-mlp-elu-softplus-ce-sum",
+        lambda: ResidualMLP(nn.ELU, nn.Softplus),
+        (3, 6),
+        "ce",
+        "sum",
+    ),
+    Setting(
+        "residual-conv-tanh-ce-sum", lambda: ResidualConvNet(nn.Tanh), (3, 2, 4, 4), "ce", "sum"
+    ),
+    Setting("residual-conv-relu-mse-mean", lambda: ResidualConvNet(nn.ReLU), (2, 2, 4, 4), "mse"),
+    Setting("shared-input-sub-tanh-ce-mean", SharedInput, (4, 6)),
     # float32
     Setting("linear-ce-mean-float32", _linear, (3, 6), dtype=F32),
     Setting("mlp-sigmoid-mse-mean-float32", mlp(nn.Sigmoid), (3, 6), "mse", "mean", F32),

@@ -2,8 +2,9 @@
 
 Each case is a network or loss that a layer-by-layer engine can easily get silently wrong
 (an operation between modules that is no module, a module called twice, a loss that is not
-extended, unusual losses). The test accepts a clear exception; if the engine returns
-numbers, they must match the reference.
+extended, unusual losses). A refusal must be a clear exception that names the extension or
+the module; returned numbers must match the reference. Which of the two each case gives is
+pinned in ``EXPECTED_REFUSALS``: a case that starts being refused (or stops) fails.
 """
 
 import copy
@@ -25,6 +26,56 @@ from backpack_core.extensions import (
 
 REFUSALS = (NotImplementedError, ValueError, RuntimeError, TypeError)
 TOLERANCES = {"rtol": 1e-7, "atol": 1e-10}
+
+
+# the test ids (and, for a test looping over extensions, "/<extension>") that are refused;
+# every other case must give the reference's numbers
+EXPECTED_REFUSALS = {
+    "test_batchnorm_in_eval_mode_is_refused_or_correct[BatchGrad-grad_batch]",
+    "test_batchnorm_in_eval_mode_is_refused_or_correct[DiagGGNExact-diag_ggn_exact]",
+    "test_convolution_padding_modes_are_refused_or_correct[BatchGrad-grad_batch-circular]",
+    "test_convolution_padding_modes_are_refused_or_correct[BatchGrad-grad_batch-reflect]",
+    "test_convolution_padding_modes_are_refused_or_correct[BatchGrad-grad_batch-replicate]",
+    "test_convolution_padding_modes_are_refused_or_correct[DiagGGNExact-diag_ggn_exact-circular]",
+    "test_convolution_padding_modes_are_refused_or_correct[DiagGGNExact-diag_ggn_exact-reflect]",
+    "test_convolution_padding_modes_are_refused_or_correct[DiagGGNExact-diag_ggn_exact-replicate]",
+    "test_convolution_padding_modes_are_refused_or_correct[DiagHessian-diag_h-circular]",
+    "test_convolution_padding_modes_are_refused_or_correct[DiagHessian-diag_h-reflect]",
+    "test_convolution_padding_modes_are_refused_or_correct[DiagHessian-diag_h-replicate]",
+    "test_correct_or_refused[crossentropy-class-weights-DiagGGNExact-diag_ggn_exact]",
+    "test_correct_or_refused[functional-tanh-between-modules-DiagGGNExact-diag_ggn_exact]",
+    "test_correct_or_refused[module-called-twice-BatchGrad-grad_batch]",
+    "test_correct_or_refused[module-called-twice-DiagGGNExact-diag_ggn_exact]",
+    "test_correct_or_refused[output-scaled-outside-modules-DiagGGNExact-diag_ggn_exact]",
+    "test_correct_or_refused[relu-inplace-BatchGrad-grad_batch]",
+    "test_correct_or_refused[relu-inplace-DiagGGNExact-diag_ggn_exact]",
+    "test_crossentropy_over_positions_is_refused_or_correct/DiagGGNExact",
+    "test_loss_not_extended_is_refused_or_correct[DiagGGNExact-diag_ggn_exact]",
+    "test_loss_not_extended_is_refused_or_correct[DiagHessian-diag_h]",
+    "test_unreduced_loss_summed_by_hand_is_refused_or_correct[DiagGGNExact-diag_ggn_exact]",
+}
+_CURRENT = {}
+
+
+@pytest.fixture(autouse=True)
+def _current_test(request):
+    _CURRENT["id"] = request.node.name
+    yield
+
+
+def _key(part: str = "") -> str:
+    return f"{_CURRENT['id']}/{part}" if part else _CURRENT["id"]
+
+
+def _refused(error: Exception, extension, module_classes=(), part: str = "") -> None:
+    """The case was refused: it must be expected to be, and the error must name something."""
+    assert _key(part) in EXPECTED_REFUSALS, f"{_key(part)} is refused: {error}"
+    _assert_names_extension(error, extension, module_classes)
+
+
+def _correct(part: str = "") -> None:
+    """The case returned numbers (checked against the reference by the caller)."""
+    assert _key(part) not in EXPECTED_REFUSALS, f"{_key(part)} is no longer refused"
 
 
 def _assert_names_extension(error: Exception, extension, module_classes=()) -> None:
@@ -127,9 +178,11 @@ def test_correct_or_refused(case, extension, savefield):
         params = _run(*CASES[case](), extension())
     except REFUSALS as error:
         if case in REFUSED_FOR_EVERY_EXTENSION:  # then naming the module is enough
+            assert _key() in EXPECTED_REFUSALS, f"{_key()} is refused: {error}"
             assert REFUSED_FOR_EVERY_EXTENSION[case] in str(error)
             return
-        return _assert_names_extension(error, extension(), _NAMED_CLASS.get(case, ""))
+        return _refused(error, extension(), _NAMED_CLASS.get(case, ""))
+    _correct()
     for name, p in params.items():
         assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
@@ -148,7 +201,8 @@ def test_loss_not_extended_is_refused_or_correct(extension, savefield):
     try:
         params = _run(model, lossfunc, X, y, extension(), extend_loss=False)
     except REFUSALS as error:
-        return _assert_names_extension(error, extension())
+        return _refused(error, extension())
+    _correct()
     for name, p in params.items():
         assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
@@ -168,8 +222,9 @@ def test_crossentropy_over_positions_is_refused_or_correct():
         try:
             params = _run(copy.deepcopy(model), lossfunc, X, y, extension())
         except REFUSALS as error:
-            _assert_names_extension(error, extension(), "CrossEntropyLoss")
+            _refused(error, extension(), "CrossEntropyLoss", part=extension.__name__)
             continue
+        _correct(part=extension.__name__)
         for name, p in params.items():
             assert_close(getattr(p, savefield), expected[savefield][name], **TOLERANCES)
 
@@ -247,7 +302,8 @@ def test_backward_twice_on_a_retained_graph_is_refused_or_correct():
         try:
             loss.backward()
         except REFUSALS as error:
-            return _assert_names_extension(error, BatchGrad())
+            return _refused(error, BatchGrad())
+    _correct()
     for name, p in model.named_parameters():
         assert_close(p.grad_batch, expected[name], **TOLERANCES)
 
@@ -265,7 +321,8 @@ def test_unreduced_loss_summed_by_hand_is_refused_or_correct(extension, savefiel
         with backpack(extension()):
             loss.backward()
     except REFUSALS as error:
-        return _assert_names_extension(error, extension(), "CrossEntropyLoss")
+        return _refused(error, extension(), "CrossEntropyLoss")
+    _correct()
     for name, p in model.named_parameters():
         assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
@@ -298,8 +355,9 @@ def test_padding_changed_by_a_later_forward_pass_is_refused_or_correct(extension
         with backpack(extension()):
             first.backward()
     except REFUSALS as error:
-        return _assert_names_extension(error, extension(), ("ZeroPad2d", "Conv2d", "Flatten"))
+        return _refused(error, extension(), ("ZeroPad2d", "Conv2d", "Flatten"))
     del second
+    _correct()
     for name, p in model.named_parameters():
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
 
@@ -318,7 +376,8 @@ def test_batchnorm_in_eval_mode_is_refused_or_correct(extension, savefield):
     try:
         params = _run(model, nn.CrossEntropyLoss(), X, y, extension())
     except REFUSALS as error:
-        return _assert_names_extension(error, extension(), "BatchNorm1d")
+        return _refused(error, extension(), "BatchNorm1d")
+    _correct()
     for name, p in params.items():
         assert hasattr(p, savefield), f"{name}: no {savefield} and no error"
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
@@ -345,7 +404,8 @@ def test_convolution_padding_modes_are_refused_or_correct(padding_mode, extensio
     try:
         params = _run(model, lossfunc, X, y, extension())
     except REFUSALS as error:
-        return _assert_names_extension(error, extension(), "Conv2d")
+        return _refused(error, extension(), "Conv2d")
+    _correct()
     for name, p in params.items():
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)
 
@@ -382,6 +442,7 @@ def test_pooling_options_are_refused_or_correct(pool, extension, savefield):
     try:
         params = _run(model, lossfunc, X, y, extension())
     except REFUSALS as error:
-        return _assert_names_extension(error, extension(), type(pooling).__name__)
+        return _refused(error, extension(), type(pooling).__name__)
+    _correct()
     for name, p in params.items():
         assert_close(getattr(p, savefield), expected[name], **TOLERANCES)

@@ -22,6 +22,7 @@ from torch.testing import assert_close
 
 from backpack_core import backpack, extend
 from backpack_core.extensions import (
+    ALL,
     KFAC,
     KFLR,
     KFRA,
@@ -306,3 +307,9 @@ def test_quantities_are_overwritten_not_accumulated():
         assert_close(p.grad_batch, expected_grad_batch, **setting.tolerances)
         expected_ggn = reference_of(setting, "ggn_diagonal")[name]
         assert_close(p.diag_ggn_exact, expected_ggn, **setting.tolerances)
+
+
+def test_every_curvature_extension_is_tested_here():
+    tested = {extension for extension, _, _ in DIAGONALS}
+    tested |= {DiagGGNMC, BatchDiagGGNMC, KFAC, KFLR, KFRA}
+    assert {extension for extension in ALL if extension().quantities()} == tested

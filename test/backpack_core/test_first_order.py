@@ -5,6 +5,7 @@ from settings import SETTING_IDS, SETTINGS, reference_of, run_extended
 from torch.testing import assert_close
 
 from backpack_core.extensions import (
+    ALL,
     BatchDotGrad,
     BatchGrad,
     BatchL2Grad,
@@ -45,3 +46,8 @@ def test_all_first_order_extensions_at_once(setting_id):
     for name, p in params.items():
         for _, savefield in FIRST_ORDER:
             assert_close(getattr(p, savefield), expected[savefield][name], **setting.tolerances)
+
+
+def test_every_first_order_extension_is_in_the_table():
+    first_order = {extension for extension in ALL if not extension().quantities()}
+    assert first_order == {extension for extension, _ in FIRST_ORDER}

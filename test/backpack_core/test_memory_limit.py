@@ -61,3 +61,22 @@ def test_format_bytes():
     assert format_bytes(512) == "512 B"
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_default_limit_follows_the_device(monkeypatch):
+    # CUDA tensors: the device's free memory (faked here: the tests run without a GPU)
+    calls = []
+
+    def mem_get_info(device):
+        calls.append(device)
+        return 3 * 2**20, 8 * 2**20
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert memory_limit(torch.device("cuda", 1)) == 3 * 2**20
+    assert calls == [torch.device("cuda", 1)]
+    assert memory_limit("cpu") == memory_limit() > 2**30
+    set_memory_limit(5000)
+    try:  # a limit the user sets holds for every device
+        assert memory_limit("cuda") == memory_limit("cpu") == 5000
+    finally:
+        set_memory_limit(None)

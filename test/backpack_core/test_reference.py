@@ -7,9 +7,10 @@ from settings import SETTING_IDS, SETTINGS, Setting, reference_of
 from torch import nn
 from torch.testing import assert_close
 
-# Settings whose network is piecewise linear in each parameter block (no Sigmoid or Tanh):
-# there the diagonal blocks of the Hessian equal those of the GGN.
+# Settings whose network is piecewise linear in each parameter block (no Sigmoid, Tanh, ELU,
+# ...): there the diagonal blocks of the Hessian equal those of the GGN.
 CURVED = ("sigmoid", "tanh", "extradims-flatten", "nested", "dropout", "upsampling")
+CURVED += ("-elu-", "-gelu-", "-softplus-", "-silu-", "-cube-")
 PIECEWISE_LINEAR = [s for s in SETTINGS if not any(word in s.id for word in CURVED)]
 
 
