@@ -53,7 +53,7 @@ class AutogradDerivatives(Derivatives):
         try:
             with torch.enable_grad():
                 return transform()
-        except RuntimeError as error:
+        except (RuntimeError, TypeError) as error:  # e.g. random ops, a second input
             raise UnsupportedOperation(
                 f"{type(io.module).__name__} cannot be differentiated per sample by "
                 f"torch.func ({error}); register its derivatives with "

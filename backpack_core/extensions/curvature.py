@@ -85,9 +85,10 @@ class BatchDiagGGNMC(DiagGGNMC):
 class DiagHessian(BackpropExtension):
     """Diagonal of the Hessian: ``p.diag_h``, shaped like ``p``.
 
-    Exact for chains of the supported layers: the GGN term plus the residual terms of
-    activations with a non-zero second derivative (Sigmoid, Tanh). Each such activation adds
-    as many columns per sample as it has features.
+    Exact, also on residual nets: the GGN term plus the residual terms of modules with a
+    non-zero second derivative (Sigmoid, Tanh, and through the autograd fallback any
+    elementwise module such as ELU or GELU). Each such module adds as many columns per
+    sample as it has features.
     """
 
     savefield = "diag_h"
@@ -235,6 +236,9 @@ class KFRA(_Kronecker):
     ``KFLR(kfac_approx="backpack")``, its ``B`` the curvature of the position-summed output
     (as in the ``"backpack"``/``"reduce"`` ``B``), so on conv layers it shares the
     ``"backpack"`` convention's scale (on a single layer it equals that KFLR).
+
+    KFRA refuses a network where a tensor feeds several modules or a sum (a residual
+    connection): batch-averaged matrices of the branches cannot be combined exactly.
 
     Args:
         max_bytes: Largest dense matrix KFRA may form (default: the engine's limit, see

@@ -8,8 +8,9 @@ nets, and the refusals.
 """
 
 import pytest
+import reference
 import torch
-from settings import SETTING_IDS, SETTINGS, reference_of, run_extended
+from settings import SETTING_IDS, SETTINGS, kronecker_layers, reference_of, run_extended
 from torch import nn
 from torch.testing import assert_close
 
@@ -128,7 +129,13 @@ def test_diag_ggn_mc_and_kfac_converge_to_exact(setting_id):
         assert_close(p.diag_ggn_mc, exact[name], **_monte_carlo_tolerances(exact[name]))
         tolerances = _monte_carlo_tolerances(exact_batch[name])
         assert_close(p.diag_ggn_mc_batch, exact_batch[name], **tolerances)
-        assert len(p.kfac) in (1, 2)
+    model, lossfunc, X, y = setting.build()
+    for layer_name, layer in kronecker_layers(model).items():
+        B, A = reference.kflr_factors(model, lossfunc, X, y, layer)
+        weight = params[f"{layer_name}.weight"]
+        assert_close(weight.kfac[1], A, **setting.tolerances)  # the input factor is exact
+        assert_close(weight.kfac[0], B, **_monte_carlo_tolerances(B))
+        assert_close(params[f"{layer_name}.bias"].kfac[0], B, **_monte_carlo_tolerances(B))
 
 
 class FunctionalTanh(nn.Module):
