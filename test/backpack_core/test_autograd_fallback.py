@@ -228,3 +228,29 @@ def test_the_memory_limit_applies_to_the_fallback():
                 loss.backward()
     finally:
         set_memory_limit(None)
+
+
+class Masked(nn.Module):
+    """A parameter-free module with a second input: the fallback cannot call it alone."""
+
+    def forward(self, x, mask):
+        return x * mask
+
+
+class MaskedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin0, self.masked, self.out = nn.Linear(6, 5), Masked(), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(self.masked(self.lin0(x), (x[:, :5] > 0).to(x.dtype)))
+
+
+def test_a_parameter_free_module_with_a_second_input_is_refused_naming_it():
+    torch.manual_seed(0)
+    model, lossfunc = extend(MaskedNet().double()), extend(nn.CrossEntropyLoss())
+    loss = lossfunc(model(torch.randn(3, 6, dtype=torch.float64)), torch.randint(3, (3,)))
+    with pytest.raises(NotImplementedError) as info:
+        with backpack(DiagGGNExact()):
+            loss.backward()
+    assert "Masked" in str(info.value) and "DiagGGNExact" in str(info.value)
