@@ -1,4 +1,4 @@
-"""Every private torch API the engine uses, each behind one function.
+"""Every private torch (and CPython) API the engine uses, each behind one function.
 
 A torch upgrade may rename or remove any of these. Each function fails loudly (a
 ``RuntimeError`` naming the API and the torch version) instead of silently changing what
@@ -6,6 +6,7 @@ the engine computes, and ``test/backpack_core/test_torch_private.py`` checks eac
 against the installed torch.
 """
 
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -37,6 +38,15 @@ def storage_use_count(tensor: Tensor) -> int:
     if count is None:
         raise _missing("torch._C._storage_Use_Count")
     return count(tensor.untyped_storage()._cdata)
+
+
+def reference_count(tensor: Tensor) -> int:
+    """CPython's reference count of the tensor object (``sys.getrefcount``).
+
+    Only comparisons of counts read through this same function are meaningful: the call
+    itself holds references.
+    """
+    return sys.getrefcount(tensor)
 
 
 def saved_tensor(node, name: str) -> Optional[Tensor]:

@@ -7,17 +7,16 @@ is still on the parameter and nothing else can see it (no other reference, no vi
 NumPy alias), the new result is written into it instead.
 """
 
-import sys
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from backpack_core._torch_private import storage_use_count
+from backpack_core._torch_private import reference_count, storage_use_count
 
 
 def _counts(tensor: Tensor):
-    return sys.getrefcount(tensor), storage_use_count(tensor)
+    return reference_count(tensor), storage_use_count(tensor)
 
 
 def _baseline():

@@ -49,3 +49,12 @@ def test_sum_coefficients_of_additions_and_subtractions():
     assert _torch_private.sum_coefficients((a - b).grad_fn) == (1.0, -1.0)
     assert _torch_private.sum_coefficients(torch.sub(a, b, alpha=2).grad_fn) == (1.0, -2.0)
     assert _torch_private.sum_coefficients((a * b).grad_fn) is None
+
+
+def test_reference_count_counts_python_references():
+    tensor = torch.randn(2)
+    alone = _torch_private.reference_count(tensor)
+    others = [tensor]
+    assert _torch_private.reference_count(tensor) == alone + 1
+    others.clear()
+    assert _torch_private.reference_count(tensor) == alone
