@@ -276,8 +276,16 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
         self.last_results_path = None
         with (
-            _device(device),
-            _data_dir(arguments.get("data_dir")),
+            _scoped(
+                _deepobs.pytorch.config.get_default_device,
+                _deepobs.pytorch.config.set_default_device,
+                device,
+            ),
+            _scoped(
+                _deepobs.config.get_data_dir,
+                _deepobs.config.set_data_dir,
+                arguments.get("data_dir"),
+            ),
             data_sources.data_source(synthetic),
             _deepobs_private_python_random(),
         ):
@@ -551,33 +559,17 @@ def _deepobs_private_python_random():
 
 
 @contextmanager
-def _device(device):
-    """DeepOBS's default device for the run, restored afterwards."""
-    if device is None:
+def _scoped(get, set_value, value):
+    """``set_value(value)`` for a block, the previous value restored after; ``None`` keeps it."""
+    if value is None:
         yield
         return
-    config = _deepobs.pytorch.config
-    previous = config.get_default_device()
-    config.set_default_device(device)
+    previous = get()
+    set_value(value)
     try:
         yield
     finally:
-        config.set_default_device(previous)
-
-
-@contextmanager
-def _data_dir(data_dir):
-    """DeepOBS's data directory for the run, restored afterwards."""
-    if data_dir is None:
-        yield
-        return
-    config = _deepobs.config
-    previous = config.get_data_dir()
-    config.set_data_dir(data_dir)
-    try:
-        yield
-    finally:
-        config.set_data_dir(previous)
+        set_value(previous)
 
 
 @contextmanager

@@ -304,3 +304,16 @@ def test_main_ends_configuration_errors_with_one_line(monkeypatch, capsys, probl
     assert line.startswith("run.py: error: ")
     for fragment in fragments:
         assert fragment in line
+
+
+def test_device_and_data_dir_are_restored_after_a_run(tmp_path):
+    from backobs import _deepobs
+
+    device, data_dir = _deepobs.pytorch.config.get_default_device(), _deepobs.config.get_data_dir()
+    BackpackRunner(SGD, SGD_HYPERPARAMETERS).run(
+        testproblem="mnist_logreg", hyperparams={"lr": 0.1}, batch_size=2, num_epochs=1,
+        steps_per_epoch=1, eval_batches=1, no_logs=True, device="cpu",
+        data_dir=str(tmp_path / "data"),
+    )  # fmt: skip
+    assert _deepobs.config.get_data_dir() == data_dir
+    assert _deepobs.pytorch.config.get_default_device() == device
