@@ -31,7 +31,7 @@ import backobs
 from backobs import _deepobs, options
 from backobs import data as data_sources
 from backobs.steplog import StepLog, write_json_atomically
-from backobs.training import TrainingLoop
+from backobs.training import METRICS, TrainingLoop
 from backpack_core import extensions as extensions_module
 
 __all__ = ["BackpackRunner", "EXTENSION_NAMES"]
@@ -499,14 +499,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
 
 
 # DeepOBS's evaluate_all and _abort_routine take the metric lists in these orders.
-_EVALUATED = (
-    "train_losses",
-    "valid_losses",
-    "test_losses",
-    "train_accuracies",
-    "valid_accuracies",
-    "test_accuracies",
-)
+_EVALUATED = tuple(key for key in METRICS if key != "minibatch_train_losses")
 _ABORTED = (*_EVALUATED, "minibatch_train_losses")
 
 
