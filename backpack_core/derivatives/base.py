@@ -7,43 +7,18 @@ per-sample shapes of a module's input/output. A backpropagated matrix has shape
 output.
 """
 
-from dataclasses import dataclass, field
 from math import prod
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 
+from backpack_core.derivatives.io import ModuleIO
+
 # Above this many bytes an intermediate per-sample-per-column tensor is computed in chunks
 # over the columns, so that the exact GGN of a wide net does not run out of memory.
 CHUNK_BYTES = 256 * 2**20
-
-
-@dataclass
-class ModuleIO:
-    """What the engine kept of one call of a module.
-
-    Attributes:
-        module: The module that was called.
-        input: Its first input, ``[N, *in]``.
-        output: Its output (detached), ``[N, *out]``.
-        target: For losses, the second input (the labels), else ``None``.
-        extra: What the module's derivatives captured at forward time (e.g. a dropout mask).
-        memo: Scratch space for values that several questions about this call share.
-    """
-
-    module: Module
-    input: Tensor
-    output: Tensor
-    target: Optional[Tensor] = None
-    extra: Any = None
-    memo: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def batch_size(self) -> int:
-        """The number of samples ``N``."""
-        return self.input.shape[0]
 
 
 class UnsupportedOperation(NotImplementedError):
