@@ -42,6 +42,18 @@ class Derivatives:
     #: ``J^T M J`` straight to a feature map's channel form.
     reshapes_only = False
 
+    #: ``True`` if output channel ``c`` depends on input channel ``c`` only (elementwise
+    #: modules, pooling, padding, upsampling): KFRA's channel form then passes through
+    #: with one column instead of one per channel.
+    channelwise = False
+
+    #: What of a call the methods read: the engine keeps the input (output) of a call until
+    #: its backward only if this is ``True``, so that an extended model holds no tensor that
+    #: autograd would have freed. Shapes (``io.input_shape``, ``io.output_shape``) are
+    #: always there.
+    reads_input = True
+    reads_output = True
+
     def check(self, io: ModuleIO) -> None:
         """Raise :class:`UnsupportedOperation` if this call cannot be handled at all.
 

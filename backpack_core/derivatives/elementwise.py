@@ -16,6 +16,8 @@ from backpack_core.derivatives.base import Derivatives, ModuleIO
 class ElementwiseDerivatives(Derivatives):
     """Shared math; subclasses give ``f'`` and, where it does not vanish, ``f''``."""
 
+    channelwise = True
+
     def first_derivative(self, io: ModuleIO) -> Tensor:
         """``f'(x)``, shaped like the input ``[N, *in]``."""
         raise NotImplementedError

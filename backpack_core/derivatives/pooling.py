@@ -10,6 +10,8 @@ from backpack_core.derivatives.base import Derivatives
 class MaxPoolDerivatives(Derivatives):
     """Max pooling routes each output to the input position that won."""
 
+    channelwise = True
+
     def __init__(self, spatial_dims: int):
         self.spatial_dims = spatial_dims
 
@@ -58,6 +60,7 @@ class AvgPoolDerivatives(Derivatives):
     """Average pooling is the same linear map for every sample."""
 
     sample_independent_jacobian = True
+    channelwise = True
 
     def __init__(self, spatial_dims: int):
         if spatial_dims not in (2, 3):

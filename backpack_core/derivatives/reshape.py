@@ -25,6 +25,7 @@ class ZeroPadDerivatives(Derivatives):
     """Zero padding; its transposed Jacobian crops (a negative pad)."""
 
     sample_independent_jacobian = True
+    channelwise = True
 
     def capture(self, module, input, output):
         # DeepOBS's tf-"same" padding sets ``module.padding`` in a forward pre-hook, so the
@@ -51,3 +52,4 @@ class IdentityDerivatives(FlattenDerivatives):
     """The identity (usually never reached: the engine skips modules that return their input)."""
 
     reshapes_only = False
+    channelwise = True

@@ -14,6 +14,7 @@ class UpsampleDerivatives(Derivatives):
     """Transposed Jacobian of ``F.interpolate`` through one vector-Jacobian product."""
 
     sample_independent_jacobian = True
+    channelwise = True
 
     def _interpolate(self, module, x):
         return F.interpolate(
