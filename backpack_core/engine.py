@@ -1,8 +1,9 @@
 """``extend`` and ``backpack``: hooks that keep each module call and run the extensions.
 
 How a backward pass flows. ``extend`` installs a forward hook on every leaf module. When a
-module is called with gradients enabled, the hook keeps a *record* of that call (input,
-output, what the module's derivatives capture) and registers a tensor hook on the output.
+module is called with gradients enabled, the hook keeps a *record* of that call (the input
+and output if the module's derivatives read them, their shapes, what the derivatives
+capture) and registers a tensor hook on the output.
 During ``backward()`` the tensor hooks fire from the loss towards the input, each with the
 gradient w.r.t. that output. Inside ``with backpack(...)`` each firing
 
@@ -12,7 +13,9 @@ gradient w.r.t. that output. Inside ``with backpack(...)`` each firing
 3. passes the quantities on to its input (``jac_t_mat_prod``) and deposits them there,
 
 and frees the record. Outside the context it only frees the record, so an extended model
-that trains without extensions, or evaluates under ``torch.no_grad()``, keeps nothing.
+that trains without extensions, or evaluates under ``torch.no_grad()``, keeps nothing
+autograd does not keep too (``Derivatives.reads_input``/``reads_output`` say what a record
+keeps: ReLU's output, which autograd saves, but not its input, the pre-activation).
 
 Where a tensor feeds several modules (a residual connection ``y = f(x) + x``, an output
 used twice), the quantities arriving from its consumers are summed. The loss's forward hook
@@ -41,16 +44,38 @@ _EXTENDED = "_backpack_core_extended"
 
 
 class _Record(ModuleIO):
-    """A module call, plus what the engine needs to chain calls during backward."""
+    """A module call, plus what the engine needs to chain calls during backward.
+
+    The input (output) is kept only if the module's derivatives read it (``reads_input``,
+    ``reads_output``): an extended model then holds no tensor beyond what autograd holds
+    for its own backward. What the engine itself needs of the input (whether it requires
+    gradients, its place in the autograd graph) is read at forward time.
+    """
 
     def __init__(self, module: Module, inputs: tuple, output: Tensor, derivatives):
+        x = inputs[0]
         target = inputs[1] if len(inputs) > 1 and isinstance(inputs[1], Tensor) else None
-        extra = derivatives.capture(module, inputs[0], output) if derivatives else None
-        super().__init__(module, inputs[0], output.detach(), target=target, extra=extra)
+        extra = derivatives.capture(module, x, output) if derivatives else None
+        keep_input = derivatives is None or derivatives.reads_input
+        keep_output = derivatives is None or derivatives.reads_output
+        super().__init__(
+            module,
+            x.detach() if keep_input else None,
+            output.detach() if keep_output else None,
+            target=target,
+            extra=extra,
+            input_shape=x.shape,
+            output_shape=output.shape,
+            reader=type(derivatives).__name__ if derivatives is not None else None,
+        )
         self.derivatives = derivatives
         self.output_key = _edge_key(output.grad_fn, output.output_nr)
-        grad_fn = inputs[0].grad_fn
-        self.input_key = None if grad_fn is None else _edge_key(grad_fn, inputs[0].output_nr)
+        self.input_requires_grad = x.requires_grad
+        # The node that produced the input, for the loss's walk of the graph (``_plan``).
+        self.input_grad_fn = x.grad_fn
+        self.input_output_nr = x.output_nr
+        grad_fn = self.input_grad_fn
+        self.input_key = None if grad_fn is None else _edge_key(grad_fn, x.output_nr)
         self.several_inputs = sum(
             isinstance(x, Tensor) and x.requires_grad for x in inputs
         ) > 1 and not isinstance(derivatives, LossDerivatives)
@@ -60,8 +85,8 @@ class _Record(ModuleIO):
     def release(self) -> None:
         """Drop the tensors: the backward pass is done with this call."""
         self.pending = False
-        self.input = self.output = self.target = self.extra = None
-        self.memo = {}
+        super().release()
+        self.input_grad_fn = None
 
 
 class _ActivePass:
@@ -144,7 +169,7 @@ class _ActivePass:
         if params:
             self._check_called_once(module)
         incoming = self._take(record) if self.quantities else {}
-        propagate = bool(self.quantities) and record.input.requires_grad
+        propagate = bool(self.quantities) and record.input_requires_grad
         if derivatives is None and (params or propagate):
             raise NotImplementedError(
                 f"{self._names()} cannot run on {type(module).__name__} ({module}): "
@@ -283,10 +308,10 @@ class _Plan:
 def _plan(loss_record: _Record) -> _Plan:
     """Walk the graph behind a loss's input, from extended module to extended module."""
     plan = _Plan()
-    start = loss_record.input.grad_fn
+    start = loss_record.input_grad_fn
     if start is None:
         return plan
-    stack = [(start, loss_record.input.output_nr)]
+    stack = [(start, loss_record.input_output_nr)]
     plan._consume(_edge_key(*stack[0]))
     while stack:
         node, output_nr = stack.pop()
@@ -297,9 +322,9 @@ def _plan(loss_record: _Record) -> _Plan:
                 plan.problem = plan.problem or (
                     f"{record.module} takes several tensors that need gradients"
                 )
-            grad_fn = record.input.grad_fn
+            grad_fn = record.input_grad_fn
             if grad_fn is not None and plan._consume(record.input_key):
-                stack.append((grad_fn, record.input.output_nr))
+                stack.append((grad_fn, record.input_output_nr))
             continue
         coefficients = _torch_private.sum_coefficients(node)
         if coefficients is None:
