@@ -50,7 +50,7 @@ class BackpropagatedQuantity:
 
 def _check_columns(io: ModuleIO, columns: int, like: Tensor, what: str) -> None:
     """Refuse to form ``[columns, N, *in]`` above the engine's memory limit."""
-    needed = columns * io.input.numel() * like.element_size()
+    needed = columns * prod(io.input_shape) * like.element_size()
     limit = memory_limit(like.device)
     if needed > limit:
         raise MemoryError(
