@@ -11,7 +11,7 @@ Usage::
     # every parameter p now has p.grad_batch, shape [N, *p.shape]
 """
 
-from backpack_core.config import memory_limit, set_memory_limit
+from backpack_core.config import memory_limit, set_conv_individual_gradients, set_memory_limit
 from backpack_core.derivatives import register_derivatives, supported_modules
 from backpack_core.engine import backpack, extend
 
@@ -20,6 +20,7 @@ __all__ = [
     "extend",
     "memory_limit",
     "register_derivatives",
+    "set_conv_individual_gradients",
     "set_memory_limit",
     "supported_modules",
 ]

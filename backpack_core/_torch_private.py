@@ -6,7 +6,6 @@ the engine computes, and ``test/backpack_core/test_torch_private.py`` checks eac
 against the installed torch.
 """
 
-import sys
 from typing import Optional, Tuple
 
 import torch
@@ -30,23 +29,6 @@ def graph_task_id() -> int:
     if current is None:
         raise _missing("torch._C._current_graph_task_id")
     return current()
-
-
-def storage_use_count(tensor: Tensor) -> int:
-    """How many tensors share ``tensor``'s storage (``torch._C._storage_Use_Count``)."""
-    count = getattr(torch._C, "_storage_Use_Count", None)
-    if count is None:
-        raise _missing("torch._C._storage_Use_Count")
-    return count(tensor.untyped_storage()._cdata)
-
-
-def reference_count(tensor: Tensor) -> int:
-    """CPython's reference count of the tensor object (``sys.getrefcount``).
-
-    Only comparisons of counts read through this same function are meaningful: the call
-    itself holds references.
-    """
-    return sys.getrefcount(tensor)
 
 
 def saved_tensor(node, name: str) -> Optional[Tensor]:

@@ -1,44 +1,21 @@
-"""Reuse of large result tensors from one backward pass to the next.
+"""Reuse of a large result tensor from one backward pass to the next (an explicit option).
 
 Per-sample results are large (``grad_batch`` of mnist_mlp: 128 x 1.3 M floats, 0.67 GB),
-and allocating them afresh every step costs more than computing them: the pages of a new
-block are zeroed by the operating system on first touch. When the previous step's tensor
-is still on the parameter and nothing else can see it (no other reference, no view, no
-NumPy alias), the new result is written into it instead.
+and allocating them afresh every step can cost more than computing them: the operating
+system zeroes the pages of a new block on first touch. An extension constructed with
+``reuse_buffer=True`` (``BatchGrad(reuse_buffer=True)``) writes its result into the
+tensor that the previous step left in ``param.<savefield>`` when shape, dtype and device
+match. The old values are then overwritten in place: any reference to them that the
+caller kept changes too, which is why it is not the default.
 """
 
 from typing import Optional
 
-import torch
 from torch import Tensor
 
-from backpack_core._torch_private import reference_count, storage_use_count
 
-
-def _counts(tensor: Tensor):
-    return reference_count(tensor), storage_use_count(tensor)
-
-
-def _baseline():
-    # Measured, not assumed: what the counts read for a tensor held by one attribute only.
-    class Holder:
-        pass
-
-    holder = Holder()
-    holder.value = torch.empty(1)
-
-    def probe(owner):
-        value = owner.__dict__["value"]
-        return _counts(value)
-
-    return probe(holder)
-
-
-_EXCLUSIVE = _baseline()
-
-
-def reusable(owner, attribute: str, shape, dtype, device) -> Optional[Tensor]:
-    """The tensor in ``owner.<attribute>`` if it can be overwritten safely, else ``None``.
+def previous_result(owner, attribute: str, shape, dtype, device) -> Optional[Tensor]:
+    """The tensor in ``owner.<attribute>`` if the new result can be written into it.
 
     Args:
         owner: The object holding the previous result (a parameter).
@@ -49,7 +26,7 @@ def reusable(owner, attribute: str, shape, dtype, device) -> Optional[Tensor]:
 
     Returns:
         The previous tensor if it has the right shape, dtype and device, does not require
-        gradients, is contiguous, and is referenced by ``owner`` alone; otherwise ``None``.
+        gradients and is contiguous; otherwise ``None``.
     """
     value = owner.__dict__.get(attribute)
     if (
@@ -61,4 +38,4 @@ def reusable(owner, attribute: str, shape, dtype, device) -> Optional[Tensor]:
         or not value.is_contiguous()
     ):
         return None
-    return value if _counts(value) == _EXCLUSIVE else None
+    return value

@@ -57,3 +57,38 @@ def memory_limit(device: Union[torch.device, str, None] = None) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return free
     return _DEFAULT_LIMIT
+
+
+#: The kernels for a convolution's per-sample weight gradients (see
+#: :func:`set_conv_individual_gradients`).
+CONV_INDIVIDUAL_GRADIENTS = ("auto", "unfold", "grouped")
+_conv_individual_gradients = "auto"
+
+
+def set_conv_individual_gradients(method: str = "auto") -> None:
+    """Choose how convolutions compute per-sample weight gradients.
+
+    Both give the same numbers; their speed differs by orders of magnitude with the
+    layer's shape. ``"unfold"`` multiplies the output gradient of each sample with its
+    unfolded input (fast with few input channels); ``"grouped"`` runs one weight-gradient
+    convolution with the samples as groups (fast on large feature maps with many
+    channels, and without the unfolded input's memory). ``"auto"`` (the default) picks by
+    a fixed rule of the layer's shape (``backpack_core.derivatives.convolution``), the
+    same choice in every process.
+
+    Args:
+        method: ``"auto"``, ``"unfold"`` or ``"grouped"``.
+
+    Raises:
+        ValueError: For any other value.
+    """
+    global _conv_individual_gradients
+    if method not in CONV_INDIVIDUAL_GRADIENTS:
+        choices = ", ".join(repr(choice) for choice in CONV_INDIVIDUAL_GRADIENTS)
+        raise ValueError(f"method must be one of {choices}, got {method!r}")
+    _conv_individual_gradients = method
+
+
+def conv_individual_gradients() -> str:
+    """The current choice (see :func:`set_conv_individual_gradients`)."""
+    return _conv_individual_gradients

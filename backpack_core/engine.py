@@ -100,8 +100,8 @@ class _ActivePass:
             for quantity in extension.quantities():
                 quantities.setdefault(quantity.key, quantity)
         self.quantities = list(quantities.values())
-        self.individual_gradients_field = next(
-            (e.savefield for e in extensions if e.stores_individual_gradients), None
+        self.storing_extension = next(
+            (e for e in extensions if e.stores_individual_gradients), None
         )
         # edge key -> [number of deposits, {quantity key: value}] (summed over consumers)
         self.deposits: Dict[Tuple[int, int], list] = {}
@@ -179,9 +179,7 @@ class _ActivePass:
             )
         from backpack_core.extensions.base import ModuleContext
 
-        ctx = ModuleContext(
-            record, derivatives, grad_output, incoming, self.individual_gradients_field
-        )
+        ctx = ModuleContext(record, derivatives, grad_output, incoming, self.storing_extension)
         for extension in self.extensions:
             for name, param in params:
                 try:

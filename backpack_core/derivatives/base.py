@@ -10,7 +10,6 @@ output.
 from math import prod
 from typing import Any, Optional
 
-import torch
 from torch import Tensor
 from torch.nn import Module
 
@@ -115,84 +114,15 @@ class Derivatives:
         """
         return None
 
-    # ------------------------------------------------------------------ first order
-    def batch_grad(
-        self, io: ModuleIO, name: str, grad_output: Tensor, out: Optional[Tensor] = None
-    ) -> Tensor:
-        """Individual gradients ``[N, *p.shape]`` from the output gradient ``[N, *out]``.
+    def view(self, io: ModuleIO):
+        """The call as a parameter layer (see :mod:`~backpack_core.derivatives.parameter_layer`).
 
-        Args:
-            io: The module call.
-            name: The parameter's name.
-            grad_output: ``[N, *out]``.
-            out: Optional contiguous ``[N, *p.shape]`` tensor to write the result into.
-
-        Returns:
-            The individual gradients (``out`` if given).
+        ``None`` for modules that are not a weight layer: extensions then use the
+        parameter Jacobian products (:meth:`param_jac_t_mat_prod`) alone.
         """
-        result = self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=False)[0]
-        return result if out is None else out.copy_(result)
+        return None
 
-    def sum_grad(
-        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
-    ) -> Tensor:
-        """The gradient ``[*p.shape]`` (sum of the individual gradients)."""
-        if batch_grad is not None:
-            return batch_grad.sum(0)
-        return self.param_jac_t_mat_prod(io, name, grad_output.unsqueeze(0), sum_batch=True)[0]
-
-    # The next three take the individual gradients ``[N, *p.shape]`` when they are at hand
-    # anyway (BatchGrad active); a layer with a cheaper factorised form may ignore them.
-    def batch_l2(
-        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
-    ) -> Tensor:
-        """Squared norms ``[N]`` of the individual gradients."""
-        if batch_grad is None:
-            batch_grad = self.batch_grad(io, name, grad_output)
-        return torch.linalg.vector_norm(batch_grad.flatten(1), dim=1).square()
-
-    def sum_grad_squared(
-        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
-    ) -> Tensor:
-        """Sum ``[*p.shape]`` of the squared individual gradients."""
-        if batch_grad is None:
-            return self.batch_grad(io, name, grad_output).square_().sum(0)
-        # A reduction without a temporary as large as the individual gradients.
-        return torch.linalg.vector_norm(batch_grad, dim=0).square()
-
-    def batch_dot(
-        self, io: ModuleIO, name: str, grad_output: Tensor, batch_grad: Optional[Tensor] = None
-    ) -> Tensor:
-        """Pairwise dot products ``[N, N]`` of the individual gradients."""
-        if batch_grad is None:
-            batch_grad = self.batch_grad(io, name, grad_output)
-        flat = batch_grad.flatten(1)
-        return flat @ flat.T
-
-    # ------------------------------------------------------------------ curvature
-    def diag_ggn(self, io: ModuleIO, name: str, mat: Tensor, sum_batch: bool = True) -> Tensor:
-        """Diagonal of ``sum_v (J^T mat_v)(J^T mat_v)^T`` w.r.t. a parameter.
-
-        Args:
-            io: The module call.
-            name: The parameter's name.
-            mat: ``[V, N, *out]``, a symmetric factor of the curvature at the output.
-            sum_batch: Sum over the samples.
-
-        Returns:
-            ``[*p.shape]`` if ``sum_batch`` else ``[N, *p.shape]``.
-        """
-        param = getattr(io.module, name)
-        columns, batch = mat.shape[:2]
-        per_column = batch * param.numel() * mat.element_size()
-        chunk = max(1, CHUNK_BYTES // max(per_column, 1))
-        result = None
-        for start in range(0, columns, chunk):
-            jac_t = self.param_jac_t_mat_prod(io, name, mat[start : start + chunk], False)
-            part = jac_t.square_().sum(0)
-            result = part if result is None else result + part
-        return result.sum(0) if sum_batch else result
-
+    # ------------------------------------------------------------------ KFRA (moving out)
     def ea_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
         """Batch average of ``J_n^T mat J_n`` (the KFRA recursion).
 
@@ -203,7 +133,7 @@ class Derivatives:
         Returns:
             ``[D_in, D_in]``.
         """
-        in_shape, out_shape = io.input.shape[1:], io.output.shape[1:]
+        in_shape, out_shape = io.input_shape[1:], io.output_shape[1:]
         d_in, d_out = prod(in_shape), prod(out_shape)
         batch = 1 if self.sample_independent_jacobian else io.batch_size
         columns = mat.reshape(d_out, 1, *out_shape).expand(d_out, batch, *out_shape)
@@ -245,42 +175,22 @@ class Derivatives:
     def _first_samples(io: ModuleIO, batch: int) -> ModuleIO:
         if batch == io.batch_size:
             return io
-        return ModuleIO(io.module, io.input[:batch], io.output[:batch], extra=io.extra)
+        return ModuleIO(
+            io.module,
+            io.input[:batch] if _derivatives_read(io, "input") else None,
+            None,
+            extra=io.extra,
+            input_shape=(batch, *io.input_shape[1:]),
+            output_shape=(batch, *io.output_shape[1:]),
+        )
 
-    # ------------------------------------------------------------------ Kronecker factors
-    # ``approx`` is the convention for the ``T`` positions that share the weight (see
-    # ``backpack_core.extensions.KFAC``): "backpack", "expand" or "reduce".
-    def kronecker_input_factor(self, io: ModuleIO, approx: str = "backpack") -> Tensor:
-        """The input-based Kronecker factor ``A`` ``[in, in]`` of the weight.
 
-        Args:
-            io: The module call.
-            approx: ``"backpack"``: ``(1/N) sum_{n,t} x x^T``; ``"expand"``: that over
-                ``T``; ``"reduce"``: ``(1/N) sum_n xbar xbar^T``, ``xbar`` the mean over
-                positions.
-        """
-        raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
-
-    def kronecker_output_factor(
-        self, io: ModuleIO, mat: Tensor, approx: str = "backpack"
-    ) -> Tensor:
-        """The output-based factor ``B`` ``[out, out]`` from a factor ``[V, N, *out]``.
-
-        Args:
-            io: The module call.
-            mat: The backpropagated columns ``s``.
-            approx: ``"backpack"``/``"reduce"``: ``sum_{v,n} (sum_t s_t)(sum_t s_t)^T``;
-                ``"expand"``: ``sum_{v,n,t} s_t s_t^T``.
-        """
-        raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
-
-    def kronecker_output_factor_from_matrix(self, io: ModuleIO, mat: Tensor) -> Tensor:
-        """The output-based factor ``B`` from the KFRA matrix at the output.
-
-        The matrix is dense ``[D_out, D_out]`` for flat outputs and the shared channel
-        matrix ``[C_out, C_out]`` for feature maps.
-        """
-        raise UnsupportedOperation(f"{type(io.module).__name__} has no Kronecker factorisation")
+def _derivatives_read(io, what):  # TODO(issue 15): goes with the KFRA methods above
+    try:
+        getattr(io, what)
+    except RuntimeError:
+        return False
+    return True
 
 
 class LossDerivatives(Derivatives):

@@ -4,7 +4,7 @@ from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 from torch import Tensor
 
-from backpack_core.buffers import reusable
+from backpack_core.buffers import previous_result
 from backpack_core.derivatives.base import Derivatives, ModuleIO
 from backpack_core.quantities import BackpropagatedQuantity
 
@@ -14,7 +14,8 @@ class BackpropExtension:
 
     Subclasses set :attr:`savefield` (the attribute written on each parameter), list the
     backpropagated quantities they read in :meth:`quantities`, and compute their value for
-    one parameter of one module in :meth:`compute`.
+    one parameter of one module in :meth:`compute`, from what the :class:`ModuleContext`
+    provides.
     """
 
     savefield: str = None
@@ -22,9 +23,10 @@ class BackpropExtension:
     """Whether the value has one entry per sample along its first dimension (``[N, ...]``)."""
     stores_individual_gradients: bool = False
     """Whether the value stored is the individual gradients ``[N, *p.shape]`` themselves:
-    the other first-order quantities of the pass are then derived from them, and the
-    previous step's tensor in ``param.<savefield>`` may be reused (see
-    :mod:`backpack_core.buffers`)."""
+    the other first-order quantities of the pass are then derived from them."""
+    reuse_buffer: bool = False
+    """Whether the value may be written into the previous step's ``param.<savefield>``
+    (see :mod:`backpack_core.buffers`)."""
 
     def quantities(self) -> Tuple[BackpropagatedQuantity, ...]:
         """The quantities this extension needs backpropagated from the loss (none: first order)."""
@@ -50,19 +52,16 @@ class BackpropExtension:
 
 
 class ModuleContext:
-    """One module call during the backward pass, with memoised shared work.
-
-    Extensions that need the same intermediate (individual gradients, a Kronecker factor)
-    get it computed once per module call.
+    """One module call during the backward pass: what extensions read, computed once.
 
     Attributes:
         io: The module call (input, output, module).
         derivatives: The math of the module's class.
         grad_output: Gradient of the loss w.r.t. the module output, ``[N, *out]``.
         quantities: Backpropagated quantities at the module output, by key.
-        individual_gradients_field: The attribute in which an active extension stores the
-            individual gradients (then the other first-order quantities are derived from
-            them instead of recomputed), or ``None``.
+        view: The call as a parameter layer (unfolded input and backpropagated columns,
+            :class:`~backpack_core.derivatives.parameter_layer.LayerView`), or ``None`` for
+            a module that is not a weight layer.
     """
 
     def __init__(
@@ -71,15 +70,16 @@ class ModuleContext:
         derivatives: Derivatives,
         grad_output: Tensor,
         quantities: Dict[Hashable, Any],
-        individual_gradients_field: Optional[str],
+        storing: Optional[BackpropExtension],
     ):
         self.io = io
         self.derivatives = derivatives
         self.grad_output = grad_output
         self.quantities = quantities
-        self.individual_gradients_field = individual_gradients_field
-        self.individual_gradients_wanted = individual_gradients_field is not None
+        # the active extension that stores the individual gradients, if any
+        self._storing = storing
         self._memo: Dict[Hashable, Any] = {}
+        self.view = derivatives.view(io) if derivatives is not None else None
 
     @property
     def batch_size(self) -> int:
@@ -92,62 +92,41 @@ class ModuleContext:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def _individual(self, name: str) -> Optional[Tensor]:
-        """The individual gradients if BatchGrad computes them anyway, else ``None``."""
-        if self.individual_gradients_wanted or ("batch_grad", name) in self._memo:
-            return self.batch_grad(name)
+    def individual_gradients_at_hand(self, name: str) -> Optional[Tensor]:
+        """The individual gradients if this pass computes them anyway, else ``None``.
+
+        First-order quantities are then read off them instead of computed by a
+        factorised route.
+        """
+        if self._storing is not None or ("individual_gradients", name) in self._memo:
+            return self.individual_gradients(name)
         return None
 
-    def batch_grad(self, name: str) -> Tensor:
-        """Individual gradients ``[N, *p.shape]``.
+    def individual_gradients(self, name: str) -> Tensor:
+        """``[N, *p.shape]``: the per-sample summands of the parameter's gradient."""
+        return self.memo(("individual_gradients", name), lambda: self._individual(name))
 
-        When they will be stored as ``grad_batch``, the previous step's tensor is reused if
-        nothing else refers to it (see :mod:`backpack_core.buffers`).
-        """
+    def _individual(self, name: str) -> Tensor:
+        param = getattr(self.io.module, name)
+        out = None
+        storing = self._storing
+        if storing is not None and storing.reuse_buffer:
+            shape = (self.batch_size, *param.shape)
+            out = previous_result(param, storing.savefield, shape, param.dtype, param.device)
+        if self.view is not None and name == "weight":
+            return self.view.individual_weight_gradients(self.grad_output, out)
+        columns = self.grad_output.unsqueeze(0)
+        result = self.derivatives.param_jac_t_mat_prod(self.io, name, columns, False)[0]
+        return result if out is None else out.copy_(result)
+
+    def gradient(self, name: str) -> Tensor:
+        """The gradient of the reduced loss w.r.t. the parameter, ``[*p.shape]``."""
 
         def compute():
-            out = None
-            if self.individual_gradients_wanted:
-                param = getattr(self.io.module, name)
-                shape = (self.batch_size, *param.shape)
-                field = self.individual_gradients_field
-                out = reusable(param, field, shape, param.dtype, param.device)
-            return self.derivatives.batch_grad(self.io, name, self.grad_output, out=out)
+            individual = self.individual_gradients_at_hand(name)
+            if individual is not None:
+                return individual.sum(0)
+            columns = self.grad_output.unsqueeze(0)
+            return self.derivatives.param_jac_t_mat_prod(self.io, name, columns, True)[0]
 
-        return self.memo(("batch_grad", name), compute)
-
-    def sum_grad(self, name: str) -> Tensor:
-        """The gradient of the reduced loss w.r.t. the parameter, ``[*p.shape]``."""
-        return self.memo(
-            ("sum_grad", name),
-            lambda: self.derivatives.sum_grad(
-                self.io, name, self.grad_output, self._individual(name)
-            ),
-        )
-
-    def sum_grad_squared(self, name: str) -> Tensor:
-        """Sum of squared individual gradients ``[*p.shape]``."""
-        return self.memo(
-            ("sgs", name),
-            lambda: self.derivatives.sum_grad_squared(
-                self.io, name, self.grad_output, self._individual(name)
-            ),
-        )
-
-    def batch_l2(self, name: str) -> Tensor:
-        """Squared norms of the individual gradients ``[N]``."""
-        return self.memo(
-            ("batch_l2", name),
-            lambda: self.derivatives.batch_l2(
-                self.io, name, self.grad_output, self._individual(name)
-            ),
-        )
-
-    def batch_dot(self, name: str) -> Tensor:
-        """Pairwise dot products of the individual gradients ``[N, N]``."""
-        return self.memo(
-            ("batch_dot", name),
-            lambda: self.derivatives.batch_dot(
-                self.io, name, self.grad_output, self._individual(name)
-            ),
-        )
+        return self.memo(("gradient", name), compute)

@@ -2,16 +2,27 @@
 
 All of them read a quantity that the loss starts and every module passes on (see
 :mod:`backpack_core.quantities`); they differ only in which one, and in what they make of
-it at a parameter.
+it at a parameter. For the weight of a layer seen as a grouped convolution over positions
+(``ctx.view``: Linear and convolutions) they are products of the backpropagated columns
+``S`` ``[V, N, G, O/G, T]`` and the unfolded input ``U`` ``[N, G, C/G*K, T]``, written here
+once; any other parameter gets them from its module's parameter Jacobian products.
 """
 
-from backpack_core.extensions.base import BackpropExtension
+import torch
+from torch import Tensor, einsum
+
+from backpack_core.derivatives.base import UnsupportedOperation
+from backpack_core.extensions.base import BackpropExtension, ModuleContext
 from backpack_core.quantities import (
     HessianFactors,
     KFRAMatrix,
     SqrtGGNExact,
     SqrtGGNMonteCarlo,
 )
+
+# Above this many bytes an intermediate per-sample-per-column tensor is computed in chunks
+# over the columns, so that the exact GGN of a wide net does not run out of memory.
+CHUNK_BYTES = 256 * 2**20
 
 
 def _check_mc_samples(mc_samples) -> int:
@@ -33,12 +44,60 @@ class _MonteCarlo:
         return f"{type(self).__name__}(mc_samples={self.mc_samples})"
 
 
+def diagonal_curvature(ctx: ModuleContext, name: str, factor: Tensor, sum_batch: bool) -> Tensor:
+    """Diagonal of ``sum_v (J^T s_v)(J^T s_v)^T`` w.r.t. a parameter, ``J`` its Jacobian.
+
+    Args:
+        ctx: The module call.
+        name: The parameter's name.
+        factor: ``[V, N, *out]``, a symmetric factor of the curvature at the output.
+        sum_batch: Sum over the samples.
+
+    Returns:
+        ``[*p.shape]`` if ``sum_batch`` else ``[N, *p.shape]``.
+    """
+    param = getattr(ctx.io.module, name)
+    columns, batch = factor.shape[:2]
+    per_column = batch * param.numel() * factor.element_size()
+    chunk = max(1, CHUNK_BYTES // max(per_column, 1))
+    view = ctx.view if name == "weight" else None
+    if view is not None and view.positions == 1:
+        # (s u^T)^2 summed over columns = (s^2)(u^2)^T: no [V, N, out, in] tensor
+        s, u = view.columns(factor)[..., 0], view.unfolded()[..., 0]
+        equation = "vngo,ngc->goc" if sum_batch else "vngo,ngc->ngoc"
+        result = einsum(equation, s.square(), u.square())
+        return result.reshape(*result.shape[: 0 if sum_batch else 1], *param.shape)
+    result = None
+    for start in range(0, columns, chunk):
+        part = factor[start : start + chunk]
+        if view is None:
+            squared = ctx.derivatives.param_jac_t_mat_prod(ctx.io, name, part, False).square_()
+            squared = squared.sum(0)
+        else:
+            squared = _squared_weight_products(view, part)
+        result = squared if result is None else result.add_(squared)
+    result = result.sum(0) if sum_batch else result
+    return result.reshape(*result.shape[: 0 if sum_batch else 1], *param.shape)
+
+
+def _squared_weight_products(view, factor: Tensor) -> Tensor:
+    """``sum_v (sum_t s_vt u_t^T)^2`` per sample, ``[N, G, O/G, C/G*K]``."""
+    s = view.columns(factor)  # [v, N, G, O/G, T]
+    columns, batch, groups, positions = s.shape[0], s.shape[1], s.shape[2], s.shape[4]
+    unfolded = view.unfolded().flatten(0, 1).transpose(1, 2)  # [N*G, T, C/G*K]
+    # [N*G, v*O/G, T] @ [N*G, T, C/G*K]: one product per sample and group, squared in place
+    # (fresh large tensors cost page faults)
+    left = s.permute(1, 2, 0, 3, 4).reshape(batch * groups, -1, positions)
+    products = torch.bmm(left, unfolded).square_()
+    return products.view(batch, groups, columns, -1, unfolded.shape[-1]).sum(2)
+
+
 class _DiagGGN(BackpropExtension):
     sum_batch = True
 
     def compute(self, ctx, name):
         factor = ctx.quantities[self.quantities()[0].key]
-        return ctx.derivatives.diag_ggn(ctx.io, name, factor, sum_batch=self.sum_batch)
+        return diagonal_curvature(ctx, name, factor, self.sum_batch)
 
 
 class DiagGGNExact(_DiagGGN):
@@ -100,7 +159,7 @@ class DiagHessian(BackpropExtension):
     def compute(self, ctx, name):
         result = None
         for factor, sign in ctx.quantities[HessianFactors.key].values():
-            part = ctx.derivatives.diag_ggn(ctx.io, name, factor, sum_batch=self.sum_batch)
+            part = diagonal_curvature(ctx, name, factor, self.sum_batch)
             result = part * sign if result is None else result + part * sign
         return result
 
@@ -125,6 +184,45 @@ def _check_kfac_approx(kfac_approx) -> str:
     return kfac_approx
 
 
+def _kronecker_view(ctx: ModuleContext):
+    view = ctx.view
+    if view is None:
+        raise UnsupportedOperation(
+            f"{type(ctx.io.module).__name__} has no Kronecker factorisation (only Linear "
+            "and convolution layers have one)"
+        )
+    if view.groups != 1:
+        raise UnsupportedOperation("Kronecker factors of grouped convolutions")
+    return view
+
+
+def output_factor(ctx: ModuleContext, factor: Tensor, kfac_approx: str) -> Tensor:
+    """``B`` ``[out, out]`` from the backpropagated columns ``[V, N, *out]`` (see :class:`KFAC`)."""
+    view = _kronecker_view(ctx)
+    s = view.columns(factor)[:, :, 0]  # [V, N, O, T]
+    out_features = s.shape[2]
+    if kfac_approx == "expand" and view.positions > 1:
+        rows = s.transpose(2, 3)  # [V, N, T, O]
+        if rows.is_contiguous():  # e.g. Linear over positions: one product
+            rows = rows.reshape(-1, out_features)
+            return rows.T @ rows
+        # one [O, T] x [T, O] product per column and sample, in the natural layout
+        flat = s.flatten(0, 1)
+        return torch.matmul(flat, flat.transpose(1, 2)).sum(0)
+    summed = (s[..., 0] if view.positions == 1 else s.sum(3)).reshape(-1, out_features)
+    return summed.T @ summed
+
+
+def input_factor(ctx: ModuleContext, kfac_approx: str) -> Tensor:
+    """``A`` ``[in, in]`` over the unfolded input (see :class:`KFAC`)."""
+    view = _kronecker_view(ctx)
+    batch, positions = view.batch_size, view.positions
+    if kfac_approx == "reduce" and positions > 1:
+        mean = view.mean_inputs()
+        return (mean.T @ mean).div_(batch)
+    return view.input_gram().div_(batch * (positions if kfac_approx == "expand" else 1))
+
+
 class _Kronecker(BackpropExtension):
     """``[B, A]`` for a weight (``B`` over outputs, ``A`` over inputs), ``[B]`` for a bias.
 
@@ -136,19 +234,14 @@ class _Kronecker(BackpropExtension):
 
     def output_factor(self, ctx):
         factor = ctx.quantities[self.quantities()[0].key]
-        return ctx.derivatives.kronecker_output_factor(ctx.io, factor, self.kfac_approx)
+        return output_factor(ctx, factor, self.kfac_approx)
 
     def compute(self, ctx, name):
-        output_factor = ctx.memo(
-            ("kron_B", self.savefield, self.kfac_approx), lambda: self.output_factor(ctx)
-        )
+        b = ctx.memo(("kron_B", self.savefield, self.kfac_approx), lambda: self.output_factor(ctx))
         if name == "bias":
-            return [output_factor]
-        input_factor = ctx.memo(
-            ("kron_A", self.kfac_approx),
-            lambda: ctx.derivatives.kronecker_input_factor(ctx.io, self.kfac_approx),
-        )
-        return [output_factor, input_factor]
+            return [b]
+        a = ctx.memo(("kron_A", self.kfac_approx), lambda: input_factor(ctx, self.kfac_approx))
+        return [b, a]
 
 
 class KFLR(_Kronecker):
@@ -255,6 +348,12 @@ class KFRA(_Kronecker):
         return (KFRAMatrix(self.max_bytes),)
 
     def output_factor(self, ctx):
+        # TODO(issue 15): replaced by backpack_core/extensions/kfra.py
         quantity = self.quantities()[0]
+        view = _kronecker_view(ctx)
+        if ctx.io.module.weight.dim() == 2 and len(ctx.io.input_shape) > 2:
+            raise UnsupportedOperation(
+                "KFRA for Linear layers with inputs of more than two dimensions"
+            )
         matrix = quantity.materialize(ctx.quantities[KFRAMatrix.key], ctx.io)
-        return ctx.derivatives.kronecker_output_factor_from_matrix(ctx.io, matrix)
+        return matrix * view.positions if len(ctx.io.output_shape) > 2 else matrix

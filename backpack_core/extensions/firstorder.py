@@ -1,21 +1,58 @@
 """First-order extensions: quantities of the individual gradients.
 
 ``g_n`` denotes the ``n``-th summand of the reduced loss's gradient (``1/N``-scaled for a
-mean), so that ``sum_n g_n`` is ``p.grad``.
+mean), so that ``sum_n g_n`` is ``p.grad``. Each quantity is read off the individual
+gradients when the pass computes them anyway (``BatchGrad`` active); otherwise, for the
+weight of a layer seen as a grouped convolution over positions (``ctx.view``: Linear and
+convolutions), by a factorised route that never forms them when that is cheaper. The
+individual weight gradient of sample ``n`` and group ``g`` is ``sum_t s_t u_t^T`` with
+``s`` the output gradient and ``u`` the unfolded input at position ``t``.
 """
 
-from backpack_core.extensions.base import BackpropExtension
+import torch
+from torch import Tensor, einsum
+
+from backpack_core.extensions.base import BackpropExtension, ModuleContext
 
 
 class BatchGrad(BackpropExtension):
-    """Individual gradients: ``p.grad_batch`` of shape ``[N, *p.shape]``."""
+    """Individual gradients: ``p.grad_batch`` of shape ``[N, *p.shape]``.
+
+    Args:
+        reuse_buffer: Write each step's result into the tensor that the previous step left
+            in ``p.grad_batch`` (same shape, dtype and device) instead of allocating a new
+            one: a large tensor allocated afresh every step costs page faults (on
+            mnist_mlp at batch 128, 0.67 GB per step). Any reference kept to an earlier
+            ``p.grad_batch`` then changes with it; copy what you keep.
+    """
 
     savefield = "grad_batch"
     per_sample = True
     stores_individual_gradients = True
 
+    def __init__(self, reuse_buffer: bool = False):
+        if not isinstance(reuse_buffer, bool):
+            raise ValueError(f"reuse_buffer must be True or False, got {reuse_buffer!r}")
+        self.reuse_buffer = reuse_buffer
+
     def compute(self, ctx, name):
-        return ctx.batch_grad(name)
+        return ctx.individual_gradients(name)
+
+    def __repr__(self) -> str:
+        return "BatchGrad(reuse_buffer=True)" if self.reuse_buffer else "BatchGrad()"
+
+
+def _factors(ctx: ModuleContext, name: str):
+    """``(s [N, G, O/G, T], u [N, G, C/G*K, T])`` for a view's weight, else ``None``."""
+    if ctx.view is None or name != "weight":
+        return None
+    return ctx.view.columns(ctx.grad_output.unsqueeze(0))[0], ctx.view.unfolded()
+
+
+def _gram_form_is_cheaper(s: Tensor, u: Tensor) -> bool:
+    """``sum_{t,t'} (s_t . s_t')(u_t . u_t')`` against forming ``sum_t s_t u_t^T``."""
+    out_features, in_features, positions = s.shape[2], u.shape[2], s.shape[3]
+    return positions * (out_features + in_features) < out_features * in_features
 
 
 class BatchL2Grad(BackpropExtension):
@@ -25,7 +62,35 @@ class BatchL2Grad(BackpropExtension):
     per_sample = True
 
     def compute(self, ctx, name):
-        return ctx.batch_l2(name)
+        individual = ctx.individual_gradients_at_hand(name)
+        factors = _factors(ctx, name) if individual is None else None
+        if factors is not None and _gram_form_is_cheaper(*factors):
+            s, u = factors
+            if s.shape[3] == 1:  # ||s u^T||^2 = ||s||^2 ||u||^2
+                return (s.square().sum((2, 3)) * u.square().sum((2, 3))).sum(1)
+            s_gram = einsum("ngot,ngos->ngts", s, s)
+            u_gram = einsum("ngct,ngcs->ngts", u, u)
+            return (s_gram * u_gram).sum((1, 2, 3))
+        if individual is None:
+            individual = ctx.individual_gradients(name)
+        return torch.linalg.vector_norm(individual.flatten(1), dim=1).square()
+
+
+def _sum_grad_squared(ctx: ModuleContext, name: str) -> Tensor:
+    def compute():
+        individual = ctx.individual_gradients_at_hand(name)
+        factors = _factors(ctx, name) if individual is None else None
+        if factors is not None and factors[0].shape[3] == 1:
+            # sum_n (s_n u_n^T)^2 = (s^2)^T (u^2): no [N, out, in] tensor
+            s, u = factors
+            result = einsum("ngo,ngc->goc", s[..., 0].square(), u[..., 0].square())
+            return result.reshape(ctx.io.module.weight.shape)
+        if individual is None:
+            return ctx.individual_gradients(name).square().sum(0)
+        # a reduction without a temporary as large as the individual gradients
+        return torch.linalg.vector_norm(individual, dim=0).square()
+
+    return ctx.memo(("sum_grad_squared", name), compute)
 
 
 class SumGradSquared(BackpropExtension):
@@ -34,7 +99,7 @@ class SumGradSquared(BackpropExtension):
     savefield = "sum_grad_squared"
 
     def compute(self, ctx, name):
-        return ctx.sum_grad_squared(name)
+        return _sum_grad_squared(ctx, name)
 
 
 class Variance(BackpropExtension):
@@ -44,7 +109,7 @@ class Variance(BackpropExtension):
 
     def compute(self, ctx, name):
         batch = ctx.batch_size
-        return ctx.sum_grad_squared(name) / batch - (ctx.sum_grad(name) / batch).pow(2)
+        return _sum_grad_squared(ctx, name) / batch - (ctx.gradient(name) / batch).pow(2)
 
 
 class BatchDotGrad(BackpropExtension):
@@ -56,4 +121,14 @@ class BatchDotGrad(BackpropExtension):
     savefield = "batch_dot"
 
     def compute(self, ctx, name):
-        return ctx.batch_dot(name)
+        individual = ctx.individual_gradients_at_hand(name)
+        factors = _factors(ctx, name) if individual is None else None
+        if factors is not None and factors[0].shape[3] == 1:
+            # (s_i u_i^T) . (s_j u_j^T) = (s_i . s_j)(u_i . u_j), summed over groups
+            s = factors[0][..., 0].transpose(0, 1)  # [G, N, O/G]
+            u = factors[1][..., 0].transpose(0, 1)  # [G, N, C/G*K]
+            return (torch.bmm(s, s.transpose(1, 2)) * torch.bmm(u, u.transpose(1, 2))).sum(0)
+        if individual is None:
+            individual = ctx.individual_gradients(name)
+        flat = individual.flatten(1)
+        return flat @ flat.T

@@ -1,7 +1,7 @@
-"""Both forms of a convolution's per-sample weight gradients agree with torch.func.
+"""Both kernels of a convolution's per-sample weight gradients agree with torch.func.
 
-The engine times the unfolded and the grouped-convolution form once per layer shape and
-keeps the faster, so which one a test meets depends on the machine: here each is pinned.
+Which kernel runs follows a fixed rule of the layer's shape; here each is pinned through
+the public override ``backpack_core.set_conv_individual_gradients``.
 """
 
 import pytest
@@ -9,8 +9,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from backpack_core.derivatives import derivatives_for
-from backpack_core.derivatives.base import ModuleIO
+from backpack_core import backpack, extend, set_conv_individual_gradients
+from backpack_core.config import conv_individual_gradients
+from backpack_core.derivatives.convolution import _individual_gradients_method
+from backpack_core.derivatives.io import ModuleIO
+from backpack_core.extensions import BatchGrad
 
 CASES = {
     "conv1d-stride": (lambda: nn.Conv1d(2, 4, 3, stride=2), (5, 2, 9)),
@@ -21,9 +24,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("method", ["_batch_grad_unfold", "_batch_grad_grouped"])
+@pytest.fixture
+def pinned():
+    yield set_conv_individual_gradients
+    set_conv_individual_gradients("auto")
+
+
+@pytest.mark.parametrize("method", ["unfold", "grouped", "auto"])
 @pytest.mark.parametrize("case", CASES)
-def test_per_sample_weight_gradients(case, method):
+def test_per_sample_weight_gradients(case, method, pinned):
     build, shape = CASES[case]
     torch.manual_seed(0)
     module = build().double()
@@ -35,14 +44,33 @@ def test_per_sample_weight_gradients(case, method):
         return (functional_call(module, params, (x.unsqueeze(0),))[0] * g).sum()
 
     params = {name: p.detach() for name, p in module.named_parameters()}
-    expected = vmap(grad(summand), in_dims=(None, 0, 0))(params, inputs, grad_output)["weight"]
-    derivatives = derivatives_for(module)
-    io = ModuleIO(module, inputs, output.detach())
-    result = getattr(derivatives, method)(io, grad_output)
-    torch.testing.assert_close(result, expected)
-    buffer = torch.empty_like(expected)
-    written = getattr(derivatives, method)(
-        ModuleIO(module, inputs, output.detach()), grad_output, buffer
-    )
-    assert written.data_ptr() == buffer.data_ptr()
-    torch.testing.assert_close(buffer, expected)
+    expected = vmap(grad(summand), in_dims=(None, 0, 0))(params, inputs, grad_output)
+
+    pinned(method)
+    extend(module)
+    with backpack(BatchGrad()):
+        (module(inputs) * grad_output).sum().backward()
+    for name, param in module.named_parameters():
+        torch.testing.assert_close(param.grad_batch, expected[name])
+
+
+@pytest.mark.parametrize(
+    "layer, shape, method",
+    [
+        (nn.Conv2d(32, 64, 5, padding=2), (128, 32, 14, 14), "grouped"),  # mnist_2c2d 2nd
+        (nn.Conv2d(3, 64, 5), (64, 3, 32, 32), "grouped"),  # cifar10_3c3d 1st
+        (nn.Conv2d(1, 32, 5, padding=2), (128, 1, 28, 28), "unfold"),  # mnist_2c2d 1st
+        (nn.Conv2d(64, 96, 3), (64, 64, 13, 13), "unfold"),  # cifar10_3c3d 2nd
+        (nn.Conv2d(192, 192, 3, padding=1), (32, 192, 8, 8), "unfold"),  # allcnnc 8x8
+    ],
+)
+def test_the_kernel_follows_a_fixed_rule_of_the_shape(layer, shape, method):
+    output_shape = layer(torch.zeros(1, *shape[1:])).shape
+    io = ModuleIO(layer, input_shape=shape, output_shape=(shape[0], *output_shape[1:]))
+    assert _individual_gradients_method(io) == method
+
+
+def test_the_override_is_checked(pinned):
+    with pytest.raises(ValueError, match="method must be one of 'auto', 'unfold', 'grouped'"):
+        pinned("fastest")
+    assert conv_individual_gradients() == "auto"

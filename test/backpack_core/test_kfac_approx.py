@@ -147,7 +147,7 @@ def test_input_factor_from_shifted_products(monkeypatch, setting_id, kfac_approx
     # the form chosen for stride-1 convolutions with many channels, forced on small ones
     from backpack_core.derivatives.convolution import ConvolutionDerivatives
 
-    monkeypatch.setattr(ConvolutionDerivatives, "_input_gram", ConvolutionDerivatives._shift_gram)
+    monkeypatch.setattr(ConvolutionDerivatives, "input_gram", ConvolutionDerivatives._shift_gram)
     setting = _setting(setting_id)
     params = run_extended(setting, KFLR(kfac_approx=kfac_approx))
     for layer, (_, A) in _references(setting, kfac_approx).items():

@@ -22,15 +22,6 @@ def test_graph_task_id_identifies_one_backward_pass():
     assert seen[0] == seen[1] and seen[2] == seen[3] and seen[1] != seen[2]
 
 
-def test_storage_use_count_counts_views():
-    tensor = torch.randn(4)
-    alone = _torch_private.storage_use_count(tensor)
-    view = tensor[1:]
-    assert _torch_private.storage_use_count(tensor) == alone + 1
-    del view
-    assert _torch_private.storage_use_count(tensor) == alone
-
-
 def test_saved_tensors_of_max_pooling_and_dropout():
     x = torch.randn(2, 1, 4, 4, requires_grad=True)
     pooled = nn.MaxPool2d(2)(x)
@@ -49,12 +40,3 @@ def test_sum_coefficients_of_additions_and_subtractions():
     assert _torch_private.sum_coefficients((a - b).grad_fn) == (1.0, -1.0)
     assert _torch_private.sum_coefficients(torch.sub(a, b, alpha=2).grad_fn) == (1.0, -2.0)
     assert _torch_private.sum_coefficients((a * b).grad_fn) is None
-
-
-def test_reference_count_counts_python_references():
-    tensor = torch.randn(2)
-    alone = _torch_private.reference_count(tensor)
-    others = [tensor]
-    assert _torch_private.reference_count(tensor) == alone + 1
-    others.clear()
-    assert _torch_private.reference_count(tensor) == alone
