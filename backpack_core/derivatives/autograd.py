@@ -10,7 +10,8 @@ Two things are checked on every call, because a wrong number is worse than an er
 per-sample forward must reproduce the module's output on the batch (a module that mixes
 samples, such as a normalisation over the batch, has no per-sample Jacobian), and the
 second-derivative term must be diagonal (elementwise), which is the form the Hessian
-factors take.
+factors take. The output is not kept (autograd need not keep it): the check compares a
+few entries of each sample's output, copied at forward time.
 """
 
 from math import prod
@@ -24,6 +25,16 @@ from backpack_core.derivatives.base import Derivatives, ModuleIO, UnsupportedOpe
 
 _EVALUATING = [0]
 
+# How many entries of each sample's output the forward-time copy for the check holds.
+_CHECKED_ENTRIES = 64
+
+
+class _OutputEntries:
+    """What the fallback captures of a call: a few entries of each sample's output."""
+
+    def __init__(self, entries: Tensor):
+        self.entries = entries
+
 
 def evaluating() -> bool:
     """Whether the fallback is running a module's forward (the engine then keeps no record)."""
@@ -31,7 +42,25 @@ def evaluating() -> bool:
 
 
 class AutogradDerivatives(Derivatives):
-    """Transposed Jacobians and the Hessian residual of a parameter-free module, by autograd."""
+    """Transposed Jacobians and the Hessian residual of a parameter-free module, by autograd.
+
+    Reads the input (the module is run again on it); of the output only a few entries per
+    sample, copied at forward time (:meth:`capture`).
+    """
+
+    reads_output = False
+
+    @staticmethod
+    def _entries(output: Tensor) -> Tensor:
+        """Evenly spaced entries ``[N, <= 64]`` of each sample's output ``[N, *out]``."""
+        flat = output.reshape(output.shape[0], -1)
+        step = max(1, flat.shape[1] // _CHECKED_ENTRIES)
+        return flat[:, ::step][:, :_CHECKED_ENTRIES]
+
+    def capture(self, module, input, output):
+        if output.dim() == 0:
+            return None  # refused later: no batch axis
+        return _OutputEntries(self._entries(output.detach()).clone())
 
     def _sample_function(self, io: ModuleIO) -> Callable[[Tensor], Tensor]:
         module = io.module
@@ -44,9 +73,9 @@ class AutogradDerivatives(Derivatives):
 
     def _run(self, io: ModuleIO, transform: Callable[[], tuple]) -> tuple:
         """Run a ``torch.func`` computation on the module; its errors become refusals."""
-        if io.output.dim() == 0 or io.output.shape[0] != io.batch_size:
+        if len(io.output_shape) == 0 or io.output_shape[0] != io.batch_size:
             raise UnsupportedOperation(
-                f"{type(io.module).__name__}: its output {tuple(io.output.shape)} has no batch "
+                f"{type(io.module).__name__}: its output {tuple(io.output_shape)} has no batch "
                 f"axis of size {io.batch_size}, so it has no per-sample Jacobian"
             )
         _EVALUATING[0] += 1
@@ -65,9 +94,16 @@ class AutogradDerivatives(Derivatives):
     def _check_output(self, io: ModuleIO, outputs: Tensor) -> None:
         if "checked" in io.memo:
             return
-        scale = io.output.abs().max().item() if io.output.numel() else 0.0
-        tolerance = 1e2 * torch.finfo(io.output.dtype).eps * max(scale, 1.0)
-        if outputs.shape != io.output.shape or (outputs - io.output).abs().max() > tolerance:
+        # What capture copied; a call built by hand (a test's oracle) gives the output.
+        if isinstance(io.extra, _OutputEntries):
+            expected = io.extra.entries
+        else:
+            expected = self._entries(io.output)
+        scale = expected.abs().max().item() if expected.numel() else 0.0
+        tolerance = 1e2 * torch.finfo(expected.dtype).eps * max(scale, 1.0)
+        if outputs.shape != io.output_shape or (
+            expected.numel() and (self._entries(outputs) - expected).abs().max() > tolerance
+        ):
             raise UnsupportedOperation(
                 f"{type(io.module).__name__} applied to each sample alone does not give its "
                 "output on the batch (it mixes samples or is random), so it has no "
@@ -91,7 +127,7 @@ class AutogradDerivatives(Derivatives):
 
     def hessian_residual(self, io, grad_output):
         forward = self._sample_function(io)
-        features = prod(io.input.shape[1:])
+        features = prod(io.input_shape[1:])
         # H_n 1 is the diagonal of H_n if H_n is diagonal; H_n v == diag * v for a fixed
         # irregular v checks that it is.
         ones = torch.ones_like(io.input[0])

@@ -48,14 +48,25 @@ class ElementwiseDerivatives(Derivatives):
 
 
 class ReLUDerivatives(ElementwiseDerivatives):
-    """``max(x, 0)``: piecewise linear, no residual."""
+    """``max(x, 0)``: piecewise linear, no residual.
+
+    Reads the output, which autograd saves too (``y > 0`` exactly where ``x > 0``); the
+    input, the pre-activation, is not kept.
+    """
+
+    reads_input = False
 
     def first_derivative(self, io):
-        return (io.input > 0).to(io.input.dtype)
+        return (io.output > 0).to(io.output.dtype)
 
 
 class LeakyReLUDerivatives(ElementwiseDerivatives):
-    """``x`` or ``slope * x``: piecewise linear, no residual."""
+    """``x`` or ``slope * x``: piecewise linear, no residual.
+
+    Reads the input, as autograd does (a negative slope makes the output's sign ambiguous).
+    """
+
+    reads_output = False
 
     def first_derivative(self, io):
         slope = io.module.negative_slope
@@ -64,7 +75,9 @@ class LeakyReLUDerivatives(ElementwiseDerivatives):
 
 
 class SigmoidDerivatives(ElementwiseDerivatives):
-    """``1 / (1 + exp(-x))``, derivatives from the output."""
+    """``1 / (1 + exp(-x))``, derivatives from the output (which autograd saves too)."""
+
+    reads_input = False
 
     def first_derivative(self, io):
         y = io.output
@@ -76,7 +89,9 @@ class SigmoidDerivatives(ElementwiseDerivatives):
 
 
 class TanhDerivatives(ElementwiseDerivatives):
-    """``tanh(x)``, derivatives from the output."""
+    """``tanh(x)``, derivatives from the output (which autograd saves too)."""
+
+    reads_input = False
 
     def first_derivative(self, io):
         return 1 - io.output.pow(2)
@@ -90,17 +105,22 @@ class DropoutDerivatives(ElementwiseDerivatives):
     """Dropout in training mode multiplies by a random mask scaled by ``1/(1-p)``.
 
     The mask is read at forward time from what autograd saved for the backward pass, so
-    that the derivative is exact even where the input is zero.
+    that the derivative is exact even where the input is zero. It is kept as autograd saved
+    it (the same storage) and scaled when the backward pass needs it: neither input nor
+    output is kept.
     """
+
+    reads_input = False
+    reads_output = False
 
     def capture(self, module, input, output):
         if not module.training or module.p == 0:
-            return None
+            return torch.ones((), dtype=output.dtype, device=output.device).expand(output.shape)
         node = output.grad_fn
         for attribute, scale in (("other", 1.0), ("result1", 1 / (1 - module.p))):
             saved = saved_tensor(node, attribute)
             if saved is not None and saved.shape == output.shape:
-                return saved.to(output.dtype) * scale
+                return saved, scale, output.dtype
         raise RuntimeError(
             "backpack_core could not read the dropout mask of "
             f"{module} from autograd ({type(node).__name__}); please report this with "
@@ -108,6 +128,7 @@ class DropoutDerivatives(ElementwiseDerivatives):
         )
 
     def first_derivative(self, io):
-        if io.extra is None:
-            return torch.ones_like(io.input)
-        return io.extra
+        if isinstance(io.extra, Tensor):
+            return io.extra  # ones: the identity
+        mask, scale, dtype = io.extra
+        return mask.to(dtype) * scale

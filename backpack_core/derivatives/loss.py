@@ -4,7 +4,7 @@ For a reduced loss ``L = c * sum_n l(f_n, y_n)`` (``c = 1`` for ``reduction="sum
 mean's normaliser otherwise) every factor carries ``sqrt(c)``.
 """
 
-from math import sqrt
+from math import prod, sqrt
 
 import torch
 from torch import Tensor
@@ -24,12 +24,14 @@ def _check_reduction(io: ModuleIO) -> None:
 class CrossEntropyDerivatives(LossDerivatives):
     """``l(f, y) = -log softmax(f)_y`` with Hessian ``diag(p) - p p^T``, ``p = softmax(f)``."""
 
+    reads_output = False  # the loss value; the input (logits) and the target are read
+
     def check(self, io):
         _check_reduction(io)
         module = io.module
-        if io.input.dim() != 2:
+        if len(io.input_shape) != 2:
             raise UnsupportedOperation(
-                f"{module} on inputs of shape {tuple(io.input.shape)}: only [N, C] logits"
+                f"{module} on inputs of shape {tuple(io.input_shape)}: only [N, C] logits"
             )
         if module.weight is not None or getattr(module, "label_smoothing", 0.0) != 0.0:
             raise UnsupportedOperation(f"{module} with class weights or label smoothing")
@@ -70,31 +72,33 @@ class CrossEntropyDerivatives(LossDerivatives):
 class MSELossDerivatives(LossDerivatives):
     """``l(f, y) = ||f - y||^2`` with Hessian ``2 I``."""
 
+    reads_output = False  # the loss value; the input's dtype and device and the target
+
     def check(self, io):
         _check_reduction(io)
-        if io.target.shape != io.input.shape:
+        if io.target.shape != io.input_shape:
             raise UnsupportedOperation(
                 f"{io.module}: target shape {tuple(io.target.shape)} differs from input "
-                f"shape {tuple(io.input.shape)} (broadcasting is not supported)"
+                f"shape {tuple(io.input_shape)} (broadcasting is not supported)"
             )
 
     def _scale(self, io: ModuleIO) -> float:
-        return 1.0 / io.input.numel() if io.module.reduction == "mean" else 1.0
+        return 1.0 / io.input_shape.numel() if io.module.reduction == "mean" else 1.0
 
     def sqrt_hessian(self, io):
-        batch, features = io.batch_size, io.input[0].numel()
+        batch, features = io.batch_size, prod(io.input_shape[1:])
         eye = torch.eye(features, dtype=io.input.dtype, device=io.input.device)
         factor = eye.unsqueeze(1).expand(features, batch, features)
-        factor = factor.reshape(features, batch, *io.input.shape[1:])
+        factor = factor.reshape(features, batch, *io.input_shape[1:])
         return factor * sqrt(2 * self._scale(io))
 
     def sqrt_hessian_sampled(self, io, mc_samples):
         noise = torch.randn(
-            mc_samples, *io.input.shape, dtype=io.input.dtype, device=io.input.device
+            mc_samples, *io.input_shape, dtype=io.input.dtype, device=io.input.device
         )
         return noise * sqrt(2 * self._scale(io) / mc_samples)
 
     def sum_hessian(self, io):
-        features = io.input[0].numel()
+        features = prod(io.input_shape[1:])
         eye = torch.eye(features, dtype=io.input.dtype, device=io.input.device)
         return eye * (2 * self._scale(io) * io.batch_size)

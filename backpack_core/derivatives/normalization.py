@@ -11,6 +11,9 @@ class BatchNormDerivatives(Derivatives):
     is an affine map per channel, for which the engine has no derivatives yet.
     """
 
+    reads_input = False
+    reads_output = False
+
     def check(self, io):
         if io.module.training:
             raise UnsupportedOperation(

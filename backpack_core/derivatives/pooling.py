@@ -1,5 +1,7 @@
 """Pooling: ``MaxPoolNd`` (a per-sample selection) and ``AvgPoolNd`` (a fixed linear map)."""
 
+from math import prod
+
 import torch
 import torch.nn.functional as F
 
@@ -8,9 +10,15 @@ from backpack_core.derivatives.base import Derivatives
 
 
 class MaxPoolDerivatives(Derivatives):
-    """Max pooling routes each output to the input position that won."""
+    """Max pooling routes each output to the input position that won.
+
+    Reads only the argmax indices, captured at forward time: autograd keeps them (and the
+    input) for its own backward, so the engine keeps neither input nor output.
+    """
 
     channelwise = True
+    reads_input = False
+    reads_output = False
 
     def __init__(self, spatial_dims: int):
         self.spatial_dims = spatial_dims
@@ -20,16 +28,11 @@ class MaxPoolDerivatives(Derivatives):
         saved = saved_tensor(output.grad_fn, "result1")
         if saved is not None and saved.shape == output.shape:
             return saved
-        return None
-
-    def _indices(self, io):
-        if "indices" not in io.memo and io.extra is not None:
-            io.memo["indices"] = io.extra.flatten(2)
-        if "indices" not in io.memo:
-            module = io.module
-            pool = getattr(F, f"max_pool{self.spatial_dims}d")
+        # Not readable from autograd (another torch version): compute them once, now.
+        pool = getattr(F, f"max_pool{self.spatial_dims}d")
+        with torch.no_grad():
             _, indices = pool(
-                io.input,
+                input,
                 module.kernel_size,
                 module.stride,
                 module.padding,
@@ -37,7 +40,11 @@ class MaxPoolDerivatives(Derivatives):
                 ceil_mode=module.ceil_mode,
                 return_indices=True,
             )
-            io.memo["indices"] = indices.flatten(2)  # [N, C, T_out] into flat input positions
+        return indices
+
+    def _indices(self, io):
+        if "indices" not in io.memo:
+            io.memo["indices"] = io.extra.flatten(2)  # [N, C, T_out] into flat input positions
         return io.memo["indices"]
 
     def jac_t_mat_prod(self, io, mat):
@@ -45,15 +52,15 @@ class MaxPoolDerivatives(Derivatives):
         indices = self._indices(io)
         if indices.shape[0] != batch:
             indices = indices[:batch]
-        spatial = io.input[0, 0].numel()
+        spatial = prod(io.input_shape[2:])
         result = mat.new_zeros(columns, batch, channels, spatial)
         index = indices.unsqueeze(0).expand(columns, -1, -1, -1)
         result.scatter_add_(3, index, mat.flatten(3))
-        return result.reshape(columns, batch, *io.input.shape[1:])
+        return result.reshape(columns, batch, *io.input_shape[1:])
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
         # Each output position takes one input entry per channel: the spatial sum passes.
-        return mat * io.output[0, 0].numel() / io.input[0, 0].numel()
+        return mat * prod(io.output_shape[2:]) / prod(io.input_shape[2:])
 
 
 class AvgPoolDerivatives(Derivatives):
@@ -61,6 +68,8 @@ class AvgPoolDerivatives(Derivatives):
 
     sample_independent_jacobian = True
     channelwise = True
+    reads_input = False
+    reads_output = False
 
     def __init__(self, spatial_dims: int):
         if spatial_dims not in (2, 3):
@@ -71,8 +80,11 @@ class AvgPoolDerivatives(Derivatives):
         module = io.module
         columns, batch = mat.shape[:2]
         flat = mat.reshape(columns * batch, *mat.shape[2:])
-        # The backward kernel only reads the input's shape: a broadcast view avoids memory.
-        shape_only = io.input[:1].expand(columns * batch, *io.input.shape[1:])
+        # The backward kernel only reads the input's shape (and dtype, device, layout): one
+        # sample's worth of zeros, broadcast over the columns and samples.
+        shape_only = mat.new_zeros(1, *io.input_shape[1:]).expand(
+            columns * batch, *io.input_shape[1:]
+        )
         dims = self.spatial_dims
 
         def expand(value):
@@ -90,9 +102,9 @@ class AvgPoolDerivatives(Derivatives):
             module.count_include_pad,
             module.divisor_override,
         )
-        return result.reshape(columns, batch, *io.input.shape[1:])
+        return result.reshape(columns, batch, *io.input_shape[1:])
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
         # Each output position averages entries of its window: the spatial sum passes
         # (up to windows cut by padding).
-        return mat * io.output[0, 0].numel() / io.input[0, 0].numel()
+        return mat * prod(io.output_shape[2:]) / prod(io.input_shape[2:])

@@ -1,18 +1,22 @@
 """Modules that only move entries around: ``Flatten``, ``ZeroPad2d``, ``Identity``."""
 
+from math import prod
+
 import torch.nn.functional as F
 
 from backpack_core.derivatives.base import Derivatives
 
 
 class FlattenDerivatives(Derivatives):
-    """A reshape; also serves any module whose output is a reshaped input."""
+    """A reshape; also serves any module whose output is a reshaped input (shapes only)."""
 
     sample_independent_jacobian = True
     reshapes_only = True
+    reads_input = False
+    reads_output = False
 
     def jac_t_mat_prod(self, io, mat):
-        return mat.reshape(*mat.shape[:2], *io.input.shape[1:])
+        return mat.reshape(*mat.shape[:2], *io.input_shape[1:])
 
     def ea_jac_t_mat_jac_prod(self, io, mat):
         return mat
@@ -22,10 +26,12 @@ class FlattenDerivatives(Derivatives):
 
 
 class ZeroPadDerivatives(Derivatives):
-    """Zero padding; its transposed Jacobian crops (a negative pad)."""
+    """Zero padding; its transposed Jacobian crops (a negative pad). Shapes only."""
 
     sample_independent_jacobian = True
     channelwise = True
+    reads_input = False
+    reads_output = False
 
     def capture(self, module, input, output):
         # DeepOBS's tf-"same" padding sets ``module.padding`` in a forward pre-hook, so the
@@ -41,11 +47,11 @@ class ZeroPadDerivatives(Derivatives):
         columns, batch = mat.shape[:2]
         crop = [-amount for amount in io.extra]
         flat = F.pad(mat.reshape(columns * batch, *mat.shape[2:]), crop)
-        return flat.reshape(columns, batch, *io.input.shape[1:])
+        return flat.reshape(columns, batch, *io.input_shape[1:])
 
     def ea_channel_jac_t_mat_jac_prod(self, io, mat):
         # Assumes the curvature spread evenly over positions, the border included.
-        return mat * io.input[0, 0].numel() / io.output[0, 0].numel()
+        return mat * prod(io.input_shape[2:]) / prod(io.output_shape[2:])
 
 
 class IdentityDerivatives(FlattenDerivatives):

@@ -15,6 +15,8 @@ class UpsampleDerivatives(Derivatives):
 
     sample_independent_jacobian = True
     channelwise = True
+    reads_input = False
+    reads_output = False
 
     def _interpolate(self, module, x):
         return F.interpolate(
@@ -28,11 +30,11 @@ class UpsampleDerivatives(Derivatives):
 
     def jac_t_mat_prod(self, io, mat):
         columns, batch = mat.shape[:2]
-        point = io.input.new_zeros(columns * batch, *io.input.shape[1:])
+        point = mat.new_zeros(columns * batch, *io.input_shape[1:])
         with torch.enable_grad():
             point.requires_grad_(True)
             out = self._interpolate(io.module, point)
             (result,) = torch.autograd.grad(
                 out, point, mat.reshape(columns * batch, *mat.shape[2:])
             )
-        return result.reshape(columns, batch, *io.input.shape[1:])
+        return result.reshape(columns, batch, *io.input_shape[1:])
