@@ -231,6 +231,14 @@ SETTINGS = [
     Setting("linear-extradims-mse-sum", lambda: nn.Linear(4, 3), (3, 2, 4), "mse", "sum"),
     Setting("linear-extradims-flatten-ce-mean", linear_extra_dims_net, (3, 2, 4)),
     Setting("linear-extradims-flatten-ce-sum", linear_extra_dims_net, (3, 2, 4), "ce", "sum"),
+    # positions few enough that norms take the Gram form (T (in + out) < in * out)
+    Setting("linear-extradims-wide-mse-sum", lambda: nn.Linear(8, 6), (3, 2, 8), "mse", "sum"),
+    # a convolution with one output position takes the outer-product routes of Linear
+    Setting(
+        "conv2d-one-position-ce-mean",
+        lambda: nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten()),
+        (3, 2, 3, 3),
+    ),
     Setting(
         "deep-linear-ce-mean",
         lambda: nn.Sequential(
