@@ -7,6 +7,11 @@ weight of a layer seen as a grouped convolution over positions (``ctx.view``: Li
 convolutions), by a factorised route that never forms them when that is cheaper. The
 individual weight gradient of sample ``n`` and group ``g`` is ``sum_t s_t u_t^T`` with
 ``s`` the output gradient and ``u`` the unfolded input at position ``t``.
+
+The building blocks are functions of the :class:`~backpack_core.extensions.base.ModuleContext`
+(:func:`batch_l2`, :func:`sum_grad_squared`, :func:`batch_dot`, and the context's own
+``individual_gradients`` and ``gradient``), memoised per module call, so that a new
+extension built on them shares the work with the extensions that run beside it.
 """
 
 import torch
@@ -55,13 +60,10 @@ def _gram_form_is_cheaper(s: Tensor, u: Tensor) -> bool:
     return positions * (out_features + in_features) < out_features * in_features
 
 
-class BatchL2Grad(BackpropExtension):
-    """Squared norms of the individual gradients: ``p.batch_l2`` of shape ``[N]``."""
+def batch_l2(ctx: ModuleContext, name: str) -> Tensor:
+    """Squared norms ``[N]`` of the individual gradients (memoised per module call)."""
 
-    savefield = "batch_l2"
-    per_sample = True
-
-    def compute(self, ctx, name):
+    def compute():
         individual = ctx.individual_gradients_at_hand(name)
         factors = _factors(ctx, name) if individual is None else None
         if factors is not None and _gram_form_is_cheaper(*factors):
@@ -75,8 +77,22 @@ class BatchL2Grad(BackpropExtension):
             individual = ctx.individual_gradients(name)
         return torch.linalg.vector_norm(individual.flatten(1), dim=1).square()
 
+    return ctx.memo(("batch_l2", name), compute)
 
-def _sum_grad_squared(ctx: ModuleContext, name: str) -> Tensor:
+
+class BatchL2Grad(BackpropExtension):
+    """Squared norms of the individual gradients: ``p.batch_l2`` of shape ``[N]``."""
+
+    savefield = "batch_l2"
+    per_sample = True
+
+    def compute(self, ctx, name):
+        return batch_l2(ctx, name)
+
+
+def sum_grad_squared(ctx: ModuleContext, name: str) -> Tensor:
+    """``sum_n g_n^2`` ``[*p.shape]`` (memoised per module call)."""
+
     def compute():
         individual = ctx.individual_gradients_at_hand(name)
         factors = _factors(ctx, name) if individual is None else None
@@ -99,7 +115,7 @@ class SumGradSquared(BackpropExtension):
     savefield = "sum_grad_squared"
 
     def compute(self, ctx, name):
-        return _sum_grad_squared(ctx, name)
+        return sum_grad_squared(ctx, name)
 
 
 class Variance(BackpropExtension):
@@ -109,18 +125,13 @@ class Variance(BackpropExtension):
 
     def compute(self, ctx, name):
         batch = ctx.batch_size
-        return _sum_grad_squared(ctx, name) / batch - (ctx.gradient(name) / batch).pow(2)
+        return sum_grad_squared(ctx, name) / batch - (ctx.gradient(name) / batch).pow(2)
 
 
-class BatchDotGrad(BackpropExtension):
-    """Pairwise dot products of individual gradients: ``p.batch_dot``, ``[N, N]``.
+def batch_dot(ctx: ModuleContext, name: str) -> Tensor:
+    """Pairwise dot products ``[N, N]`` of the individual gradients (memoised per call)."""
 
-    ``p.batch_dot[i, j] = g_i . g_j``.
-    """
-
-    savefield = "batch_dot"
-
-    def compute(self, ctx, name):
+    def compute():
         individual = ctx.individual_gradients_at_hand(name)
         factors = _factors(ctx, name) if individual is None else None
         if factors is not None and factors[0].shape[3] == 1:
@@ -132,3 +143,17 @@ class BatchDotGrad(BackpropExtension):
             individual = ctx.individual_gradients(name)
         flat = individual.flatten(1)
         return flat @ flat.T
+
+    return ctx.memo(("batch_dot", name), compute)
+
+
+class BatchDotGrad(BackpropExtension):
+    """Pairwise dot products of individual gradients: ``p.batch_dot``, ``[N, N]``.
+
+    ``p.batch_dot[i, j] = g_i . g_j``.
+    """
+
+    savefield = "batch_dot"
+
+    def compute(self, ctx, name):
+        return batch_dot(ctx, name)

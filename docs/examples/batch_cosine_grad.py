@@ -17,6 +17,7 @@ manual can be run as it is described there.
 import torch
 
 from backpack_core.extensions import BackpropExtension
+from backpack_core.extensions.firstorder import batch_dot
 
 
 class BatchCosineGradScaffold(BackpropExtension):
@@ -39,8 +40,9 @@ class BatchCosineGradDummy(BackpropExtension):
 class BatchCosineGrad(BackpropExtension):
     """Pairwise cosine similarities of the individual gradients: ``p.batch_cosine``, ``[N, N]``.
 
-    Computed from the Gram matrix ``K = [g_i . g_j]`` that ``BatchDotGrad`` stores; the
-    engine gets it without forming ``[N, *p.shape]`` for plain linear layers.
+    Computed from the Gram matrix ``K = [g_i . g_j]`` that ``BatchDotGrad`` stores, through
+    the same memoised building block; for a layer without weight sharing (a Linear layer
+    on ``[N, in]``) it is formed without the individual gradients ``[N, *p.shape]``.
     """
 
     savefield = "batch_cosine"
@@ -55,7 +57,7 @@ class BatchCosineGrad(BackpropExtension):
         Returns:
             ``[N, N]`` cosine similarities.
         """
-        gram = ctx.batch_dot(name)  # [N, N]
+        gram = batch_dot(ctx, name)  # [N, N]
         norms = gram.diagonal().clamp(min=0).sqrt()  # [N]
         tiny = torch.finfo(gram.dtype).tiny
         return gram / torch.outer(norms, norms).clamp(min=tiny)
