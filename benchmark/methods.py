@@ -22,6 +22,10 @@ def _clear(params: List[nn.Parameter], fields: List[str]) -> None:
                 delattr(p, field)
 
 
+#: The one (library, extension) built with ``reuse_buffer=True``.
+REUSING = ("backpack_core", "BatchGrad")
+
+
 class Method:
     """A way to run one forward+backward step.
 
@@ -71,7 +75,10 @@ class BackpackLikeMethod(Method):
         if not hasattr(extensions, extension):
             raise NotImplementedError(f"{library} has no extension {extension}")
         self._backpack = package.backpack
-        self._ext = getattr(extensions, extension)()
+        # As an optimizer loop that keeps no grad_batch across steps would construct it:
+        # backpack_core writes each step's individual gradients into the previous tensor.
+        options = {"reuse_buffer": True} if (library, extension) == REUSING else {}
+        self._ext = getattr(extensions, extension)(**options)
         self.net = package.extend(self.net)
         self.loss = package.extend(self.loss)
         self.params = list(self.net.parameters())
@@ -82,8 +89,8 @@ class BackpackLikeMethod(Method):
         """Forward and backward with the extension active.
 
         As in a training loop (``optimizer.zero_grad()``, then the next step), backpack_core
-        finds the previous step's results still on the parameters and may reuse their
-        memory (it does when nothing else refers to them). BackPACK's are cleared first.
+        finds the previous step's results still on the parameters; its BatchGrad, built with
+        ``reuse_buffer=True``, writes into them. BackPACK's are cleared first.
         """
         # BackPACK allocates afresh anyway; clearing first spares it holding two results.
         _clear(self.params, [] if self._reuses_results else self._fields)
