@@ -4,7 +4,6 @@ from backpack_core.extensions.base import BackpropExtension
 from backpack_core.extensions.curvature import (
     KFAC,
     KFLR,
-    KFRA,
     BatchDiagGGNExact,
     BatchDiagGGNMC,
     BatchDiagHessian,
@@ -19,6 +18,7 @@ from backpack_core.extensions.firstorder import (
     SumGradSquared,
     Variance,
 )
+from backpack_core.extensions.kfra import KFRA
 
 #: Every extension class of the engine, first order first.
 ALL = (

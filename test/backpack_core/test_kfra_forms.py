@@ -1,7 +1,9 @@
 """KFRA's forms: dense on flat features, channel form on feature maps, lazy congruences.
 
-The lazy ``(J, M)`` form and the direct projection of a reshape are shortcuts: they must
-give the same numbers as forming every dense matrix.
+The lazy ``(J, M)`` form, the direct projection of a reshape, the single column through
+modules that mix no channels and the tap-summed weight of a layer are shortcuts: they must
+give the same numbers as the generic rule (``C_out`` columns through every module's
+transposed Jacobian, every dense matrix formed).
 """
 
 import pytest
@@ -9,14 +11,14 @@ import torch
 from torch import nn
 
 from backpack_core import backpack, extend
-from backpack_core.derivatives.reshape import FlattenDerivatives
-from backpack_core.extensions import KFLR, KFRA
+from backpack_core.extensions import KFLR, KFRA, kfra
 
 
 def _conv_net():
     return nn.Sequential(
-        nn.Conv2d(2, 3, 3),
+        nn.Conv2d(2, 3, 3, padding=1),
         nn.ReLU(),
+        nn.Conv2d(3, 3, 2, stride=2, padding=1),
         nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(12, 5),
@@ -37,11 +39,11 @@ def _kfra(model, reduction="mean"):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_lazy_projection_equals_dense_path(monkeypatch, reduction):
+def test_shortcuts_equal_the_generic_rule(monkeypatch, reduction):
     torch.manual_seed(0)
     model = extend(_conv_net().double())
     lazy = _kfra(model, reduction)
-    monkeypatch.setattr(FlattenDerivatives, "reshapes_only", False)
+    monkeypatch.setattr(kfra, "SHORTCUTS", False)
     dense = _kfra(model, reduction)
     for name in lazy:
         for lazy_factor, dense_factor in zip(lazy[name], dense[name]):
@@ -67,8 +69,8 @@ def test_kfra_equals_kflr_for_one_layer(layer, shape, reduction):
     with backpack(KFRA(), KFLR()):
         loss_function(outputs, torch.randn_like(outputs)).backward()
     for param in model.parameters():
-        for kfra, kflr in zip(param.kfra, param.kflr):
-            torch.testing.assert_close(kfra, kflr)
+        for factor, kflr in zip(param.kfra, param.kflr):
+            torch.testing.assert_close(factor, kflr)
 
 
 def test_kernel_one_conv1d_and_linear_over_positions_agree():
