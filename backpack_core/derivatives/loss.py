@@ -9,6 +9,7 @@ from math import prod, sqrt
 import torch
 from torch import Tensor
 
+from backpack_core._torch_private import saved_tensor
 from backpack_core.derivatives.base import LossDerivatives, ModuleIO, UnsupportedOperation
 
 
@@ -22,9 +23,23 @@ def _check_reduction(io: ModuleIO) -> None:
 
 
 class CrossEntropyDerivatives(LossDerivatives):
-    """``l(f, y) = -log softmax(f)_y`` with Hessian ``diag(p) - p p^T``, ``p = softmax(f)``."""
+    """``l(f, y) = -log softmax(f)_y`` with Hessian ``diag(p) - p p^T``, ``p = softmax(f)``.
 
-    reads_output = False  # the loss value; the input (logits) and the target are read
+    Reads the log-probabilities that autograd saves for its own backward (captured at
+    forward time, the same storage) and the target; neither the logits nor the loss value
+    are kept.
+    """
+
+    reads_input = False
+    reads_output = False
+
+    def capture(self, module, input, output):
+        saved = saved_tensor(output.grad_fn, "self")  # NllLossBackward0: log_softmax(input)
+        if saved is not None and saved.shape == input.shape:
+            return saved
+        # Not the graph of class-index targets (or another torch version): compute them.
+        with torch.no_grad():
+            return torch.log_softmax(input.detach(), dim=1) if input.dim() > 1 else None
 
     def check(self, io):
         _check_reduction(io)
@@ -47,7 +62,7 @@ class CrossEntropyDerivatives(LossDerivatives):
 
     def _probabilities(self, io: ModuleIO) -> Tensor:
         if "probs" not in io.memo:
-            io.memo["probs"] = torch.softmax(io.input, dim=1)
+            io.memo["probs"] = io.extra.exp()
         return io.memo["probs"]
 
     def sqrt_hessian(self, io):
