@@ -22,6 +22,7 @@ from backpack_core.derivatives.elementwise import (
     SigmoidDerivatives,
     TanhDerivatives,
 )
+from backpack_core.derivatives.io import TensorNotKept
 from backpack_core.derivatives.linear import LinearDerivatives
 from backpack_core.derivatives.loss import CrossEntropyDerivatives, MSELossDerivatives
 from backpack_core.derivatives.normalization import BatchNormDerivatives
@@ -37,6 +38,7 @@ __all__ = [
     "Derivatives",
     "LossDerivatives",
     "ModuleIO",
+    "TensorNotKept",
     "derivatives_for",
     "register_derivatives",
     "supported_modules",
