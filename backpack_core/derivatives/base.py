@@ -27,14 +27,17 @@ class UnsupportedOperation(NotImplementedError):
 class Derivatives:
     """The math of one module family.
 
-    A new layer implements at least :meth:`jac_t_mat_prod` (to pass quantities on to its
-    input) and, if it has parameters, :meth:`param_jac_t_mat_prod`. Everything else has a
-    generic answer in terms of those two, which a layer may override with a faster one.
+    A few primitive questions, none named after an extension: :meth:`jac_t_mat_prod` (to
+    pass quantities on to the input), :meth:`param_jac_t_mat_prod` (for a layer with
+    parameters), :meth:`hessian_residual` (for a curved elementwise module) and
+    :meth:`view` (for a weight layer, see
+    :mod:`~backpack_core.derivatives.parameter_layer`). The extensions compute everything
+    else from these.
     """
 
     #: ``True`` if the Jacobian w.r.t. the input is the same for every sample (linear
-    #: maps such as convolutions, padding, average pooling), which makes
-    #: :meth:`ea_jac_t_mat_jac_prod` cheap.
+    #: maps such as convolutions, padding, average pooling): KFRA's batch average then
+    #: needs one sample.
     sample_independent_jacobian = False
 
     #: ``True`` for modules that only reshape (``Flatten``), which lets KFRA project a lazy
@@ -215,7 +218,3 @@ class LossDerivatives(Derivatives):
         """Sum over samples of the per-sample loss Hessians, ``[D_in, D_in]``."""
         raise NotImplementedError
 
-
-def gram(rows: Tensor) -> Tensor:
-    """``rows^T rows`` ``[D, D]`` of a matrix ``[K, D]`` (may be a transposed view)."""
-    return rows.T @ rows
