@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from backpack_core import backpack, extend
+from backpack_core import backpack, extend, set_memory_limit
 from backpack_core.extensions import KFLR, KFRA, kfra
 
 
@@ -103,3 +103,27 @@ def test_kernel_one_conv1d_and_linear_over_positions_agree():
         factors[name] = model[0].weight.kflr
     torch.testing.assert_close(factors["linear"][0], factors["conv"][0])
     torch.testing.assert_close(factors["linear"][1], factors["conv"][1].reshape(3, 3))
+
+
+def test_grouped_convolution_factors_are_refused():
+    # a frozen grouped convolution passes the recursion on (test_kfra_reference.py)
+    model = extend(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten()))
+    loss_function = extend(nn.MSELoss())
+    outputs = model(torch.randn(3, 2, 5, 5))
+    with pytest.raises(NotImplementedError, match="KFRA.*grouped convolutions"):
+        with backpack(KFRA()):
+            loss_function(outputs, torch.randn_like(outputs)).backward()
+
+
+def test_columns_above_the_memory_limit_raise_with_the_way_out():
+    # ELU has no registered derivatives: the generic rule passes C_out columns through it
+    model = extend(nn.Sequential(nn.Conv2d(2, 8, 1), nn.ELU(), nn.Conv2d(8, 8, 1), nn.Flatten()))
+    loss_function = extend(nn.MSELoss())
+    outputs = model(torch.randn(3, 2, 8, 8))
+    set_memory_limit(1000)
+    try:
+        with pytest.raises(MemoryError, match="KFRA would pass 8 columns .* ELU.*limit is"):
+            with backpack(KFRA()):
+                loss_function(outputs, torch.randn_like(outputs)).backward()
+    finally:
+        set_memory_limit(None)

@@ -17,7 +17,8 @@ feature map. Its ``A`` is the batch average of ``sum_t u_t u_t^T`` over the inpu
 ``u_t`` that the weight sees (a Linear layer: the input), the patches taken from
 ``jacrev`` of the layer's output w.r.t. its weight, not from an unfolding.
 
-The models are ``nn.Sequential`` chains of leaf modules (KFRA refuses branching). Each case
+The models are ``nn.Sequential`` chains of leaf modules (KFRA refuses branching); a layer
+with frozen parameters gets no factors but passes the recursion on. Each case
 also runs with ``kfra.SHORTCUTS = False`` (every module by the generic rule).
 
 Before issue 15 the engine's per-layer channel rules ignored borders: a convolution passed
@@ -130,6 +131,8 @@ def kfra_reference(
     for index, module in enumerate(modules):
         if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             continue
+        if not module.weight.requires_grad:
+            continue
         matrix, channel_form = at[index + 1]
         positions = prod(tensors[index + 1].shape[2:])
         B = matrix if channel_form is None else positions * channel_form
@@ -144,6 +147,12 @@ def kfra_reference(
 # --------------------------------------------------------------------------------------------
 # the cases
 # --------------------------------------------------------------------------------------------
+def _frozen(layer: nn.Module) -> nn.Module:
+    for param in layer.parameters():
+        param.requires_grad_(False)
+    return layer
+
+
 CASES = {
     "mlp-sigmoid-relu": (
         lambda: [nn.Linear(5, 6), nn.Sigmoid(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)],
@@ -221,6 +230,16 @@ CASES = {
         ],
         (3, 2, 3, 4),
     ),
+    "frozen-grouped-conv": (
+        lambda: [
+            nn.Conv2d(2, 4, 2),
+            nn.Sigmoid(),
+            _frozen(nn.Conv2d(4, 4, 3, groups=2, padding=1)),
+            nn.Flatten(),
+            nn.Linear(36, 3),
+        ],
+        (3, 2, 4, 4),
+    ),
     "conv-feature-map-loss": (
         lambda: [nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 2)],
         (3, 2, 5, 4),
@@ -258,7 +277,7 @@ def engine_kfra(model, lossfunc, X, y) -> Dict[str, List[Tensor]]:
     model, lossfunc = extend(model), extend(lossfunc)
     with backpack(KFRA()):
         lossfunc(model(X), y).backward()
-    return {name: p.kfra for name, p in model.named_parameters()}
+    return {name: p.kfra for name, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("shortcuts", [True, False], ids=["shortcuts", "generic"])
