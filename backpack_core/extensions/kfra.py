@@ -21,7 +21,7 @@ output. Written densely:
 and compares every layer's factors.
 
 The quantity is kept in one of two forms, each a class that knows how it passes through a
-module (:meth:`~KFRAForm.through`) and what ``B`` it gives (:meth:`~KFRAForm.matrix`):
+module (:meth:`~KFRAForm.through`) and what ``B`` it gives (:meth:`~KFRAForm.output_factor`):
 
 - :class:`Channel`: the channel form ``K`` of a tensor with ``T`` positions (``T = 1``: the
   dense matrix of flat features). Through a module, ``K kron 11^T/T_out`` is the sum of
@@ -30,9 +30,11 @@ module (:meth:`~KFRAForm.through`) and what ``B`` it gives (:meth:`~KFRAForm.mat
   ``K_in = (1 / (N T_in T_out)) sum_n s_n K s_n^T``: ``C_out`` columns through
   :meth:`~backpack_core.derivatives.base.Derivatives.jac_t_mat_prod`, one column of ones
   for modules that mix no channels (``s_n`` is diagonal), and no column at all for a
-  weight layer, whose ``s`` is the tap-summed weight ``A[o, c] = sum_k W[o, c, k] n_k``
-  with ``n_k`` the output positions at which tap ``k`` reads a real input entry, not
-  padding.
+  weight layer, whose ``s_n = A^T`` with the tap-summed weight
+  ``A[o, c] = sum_k W[o, c, k] n_k``, ``n_k`` the output positions at which tap ``k`` reads
+  a real input entry, not padding (``K_in = A^T K A / (T_in T_out)``). With ``T = 1`` on
+  both sides this is the dense rule ``(1/N) sum_n J_n^T M J_n``, so one class serves
+  feature maps and flat features.
 - :class:`Congruence`: ``left^T M left`` kept unevaluated through modules with a fixed
   Jacobian (a Linear layer's weight), so that a reshape to a feature map reduces it with
   the position-summed ``left`` instead of forming the ``[C T, C T]`` matrix.
@@ -80,21 +82,24 @@ class KFRAStep:
         """Whether the input is a feature map (more than one axis per sample)."""
         return len(self.io.input_shape) > 2
 
-    def layer_weight(self) -> Optional[Tensor]:
-        """``[C_out, C_in, K]`` of a weight layer (block-diagonal over groups), else ``None``.
+    def check(self) -> None:
+        """Refuse a Linear layer on inputs with extra dimensions.
 
-        Raises:
-            UnsupportedOperation: For a Linear layer on inputs with extra dimensions, whose
-                channels are the last axis (KFRA's channel form reads the second).
+        Its channels are the last axis, KFRA's channel form reads the second.
         """
+        weight = getattr(self.io.module, "weight", None)
         view = self.derivatives.view(self.io)
-        if view is None:
-            return None
-        if self.io.module.weight.dim() == 2 and len(self.io.input_shape) > 2:
+        if view is not None and weight.dim() == 2 and len(self.io.input_shape) > 2:
             raise UnsupportedOperation(
                 "KFRA through Linear layers with inputs of more than two dimensions "
                 f"(got input shape {tuple(self.io.input_shape)})"
             )
+
+    def layer_weight(self) -> Optional[Tensor]:
+        """``[C_out, C_in, K]`` of a weight layer (block-diagonal over groups), else ``None``."""
+        view = self.derivatives.view(self.io)
+        if view is None:
+            return None
         groups, taps = view.groups, view.kernel_taps
         weight = view.weight  # [G, O/G, C/G * K]
         weight = weight.reshape(groups, weight.shape[1], -1, taps)
@@ -130,6 +135,11 @@ class KFRAForm:
     def matrix(self, step: KFRAStep) -> Tensor:
         """The channel form ``K`` ``[C, C]`` this stands for (formed if lazy)."""
         raise NotImplementedError
+
+    def output_factor(self, step: KFRAStep) -> Tensor:
+        """``B`` of the layer whose output this is: ``T_out K`` (``K`` if flat)."""
+        matrix = self.matrix(step)
+        return matrix * step.out_positions if step.out_positions > 1 else matrix
 
 
 class Channel(KFRAForm):
@@ -317,7 +327,9 @@ class KFRAQuantity(BackpropagatedQuantity):
         return Channel(matrix, positions)
 
     def backpropagate(self, derivatives, io, value: KFRAForm, grad_output) -> KFRAForm:
-        return value.through(KFRAStep(self, derivatives, io))
+        step = KFRAStep(self, derivatives, io)
+        step.check()
+        return value.through(step)
 
     def check_dense(self, features: int, like: Tensor, io: ModuleIO) -> None:
         """Refuse to form a ``[features, features]`` matrix above the limit."""
@@ -369,9 +381,8 @@ class KFRA(_Kronecker):
         view = ctx.derivatives.view(ctx.io)
         if view is not None and view.groups != 1:
             raise UnsupportedOperation("Kronecker factors of grouped convolutions")
-        step.layer_weight()  # refuses a Linear layer on inputs with extra dimensions
-        matrix = ctx.quantities[KFRAQuantity.key].matrix(step)
-        return matrix * step.out_positions if step.out_positions > 1 else matrix
+        step.check()
+        return ctx.quantities[KFRAQuantity.key].output_factor(step)
 
     def __repr__(self) -> str:
         return f"KFRA(max_bytes={self.max_bytes!r})"
