@@ -56,8 +56,9 @@ class _Record(ModuleIO):
         x = inputs[0]
         target = inputs[1] if len(inputs) > 1 and isinstance(inputs[1], Tensor) else None
         extra = derivatives.capture(module, x, output) if derivatives else None
-        keep_input = derivatives is None or derivatives.reads_input
-        keep_output = derivatives is None or derivatives.reads_output
+        # A module without derivatives is refused before anything reads its call.
+        keep_input = derivatives is not None and derivatives.reads_input
+        keep_output = derivatives is not None and derivatives.reads_output
         super().__init__(
             module,
             x.detach() if keep_input else None,
