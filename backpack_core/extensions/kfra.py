@@ -109,9 +109,19 @@ class KFRAStep:
             weight.shape[0] * weight.shape[1], -1, taps
         )
 
-    def samples(self) -> Tuple[ModuleIO, int]:
-        """The call to pass columns through and its batch (1 for fixed Jacobians)."""
-        if self.derivatives.sample_independent_jacobian:
+    def samples(self, summed: bool = False) -> Tuple[ModuleIO, int]:
+        """The call to pass columns through and its batch (1 for fixed Jacobians).
+
+        Args:
+            summed: Only the sums of ``J_n^T v`` over the input positions are needed:
+                one sample also suffices for a module that declares them the same for
+                every sample (``sample_independent_position_sums``, e.g. max pooling,
+                whose every output entry is one input entry).
+        """
+        derivatives = self.derivatives
+        if derivatives.sample_independent_jacobian or (
+            summed and getattr(derivatives, "sample_independent_position_sums", False)
+        ):
             return _samples(self.io, 0, 1), 1
         return self.io, self.io.batch_size
 
@@ -179,7 +189,7 @@ class Channel(KFRAForm):
 
     def _through_channelwise(self, step: KFRAStep) -> KFRAForm:
         """No channel mixing: ``s_n`` is diagonal, one column of ones gives it."""
-        io, batch = step.samples()
+        io, batch = step.samples(summed=True)
         ones = self.content.new_ones(()).expand(1, batch, *step.io.output_shape[1:])
         summed = step.derivatives.jac_t_mat_prod(io, ones)[0].reshape(batch, step.in_channels, -1)
         summed = summed.sum(2)  # [N, C]
@@ -188,7 +198,7 @@ class Channel(KFRAForm):
 
     def _through_columns(self, step: KFRAStep, K: Tensor) -> KFRAForm:
         """Any module: ``C_out`` columns ``e_c kron 1`` through its transposed Jacobian."""
-        io, batch = step.samples()
+        io, batch = step.samples(summed=step.input_is_map)
         out_shape = step.io.output_shape[1:]
         channels, features = step.out_channels, prod(step.io.input_shape[1:])
         reduced = step.in_channels if step.input_is_map else features

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from backpack_core import backpack, extend, set_memory_limit
+from backpack_core.derivatives.pooling import MaxPoolDerivatives
 from backpack_core.extensions import KFLR, KFRA, kfra
 
 
@@ -127,3 +128,21 @@ def test_columns_above_the_memory_limit_raise_with_the_way_out():
                 loss_function(outputs, torch.randn_like(outputs)).backward()
     finally:
         set_memory_limit(None)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_max_pooling_with_sample_independent_position_sums(monkeypatch, declared):
+    # every output entry of a max pooling is one input entry: the position sums of
+    # J_n^T v are the same for every sample, so one sample suffices (same numbers)
+    torch.manual_seed(0)
+    model = extend(_conv_net().double())
+    monkeypatch.setattr(kfra, "SHORTCUTS", False)
+    expected = _kfra(model)
+    monkeypatch.setattr(kfra, "SHORTCUTS", True)
+    monkeypatch.setattr(
+        MaxPoolDerivatives, "sample_independent_position_sums", declared, raising=False
+    )
+    factors = _kfra(model)
+    for name in expected:
+        for factor, wanted in zip(factors[name], expected[name]):
+            torch.testing.assert_close(factor, wanted)
