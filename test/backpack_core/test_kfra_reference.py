@@ -27,11 +27,12 @@ taps that read padding, average pooling as ``K T_out / T_in``, and a cropping ``
 (negative padding) as ``K T_in / T_out``. Against this reference the ``B`` of the layer
 before such a module was off by (relative Frobenius norm, every loss): 1.31-1.40 before a
 padded 3x3 convolution (conv2d-padding-stride-avgpool), 0.44 before a padded dilated
-Conv1d, 0.82 before ``AvgPool2d(3, 2, padding=1)``, 2.16 before a crop after a padded max
-pooling; with each module alone after a conv layer: 0.99 (padded 3x3 convolution), 1.73
-(padded average pooling), 1.44 (crop), exact for a padded max pooling and a positive
-``ZeroPad2d``. Upsample and fallback modules (ELU) on feature maps were refused. Cases
-without padding matched.
+Conv1d, 0.82 before ``AvgPool2d(3, 2, padding=1)``, 6.29 before ``AvgPool3d(2, 2,
+padding=1)``, 2.16 before a crop after a padded max pooling; with each module alone after a
+conv layer: 0.99 (padded 3x3 convolution), 1.73 (padded average pooling), 1.44 (crop),
+exact for a padded max pooling and a positive ``ZeroPad2d``. Upsample and fallback modules
+(ELU) on feature maps and frozen grouped convolutions were refused. Cases without padding
+matched.
 """
 
 from math import prod
@@ -218,6 +219,17 @@ CASES = {
             nn.Linear(18, 3),
         ],
         (3, 2, 6, 6),
+    ),
+    "conv3d-avgpool3d-padding": (
+        lambda: [
+            nn.Conv3d(1, 2, 2, padding=1),
+            nn.ReLU(),
+            nn.AvgPool3d(2, stride=2, padding=1),
+            nn.Conv3d(2, 2, 2, stride=2),
+            nn.Flatten(),
+            nn.Linear(2, 3),
+        ],
+        (2, 1, 3, 3, 4),
     ),
     "upsample-elu-fallback": (
         lambda: [
