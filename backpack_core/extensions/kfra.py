@@ -49,7 +49,7 @@ from torch import Tensor
 from backpack_core.config import format_bytes, memory_limit
 from backpack_core.derivatives.base import Derivatives, LossDerivatives, UnsupportedOperation
 from backpack_core.derivatives.io import ModuleIO
-from backpack_core.extensions.curvature import _Kronecker
+from backpack_core.extensions.curvature import _Kronecker, _kronecker_view
 from backpack_core.quantities import BackpropagatedQuantity
 
 #: Take the shortcuts (lazy congruences, one column for channelwise modules, the
@@ -387,10 +387,8 @@ class KFRA(_Kronecker):
         return (KFRAQuantity(self.max_bytes),)
 
     def output_factor(self, ctx):
+        _kronecker_view(ctx)  # refuses layers without a view and grouped convolutions
         step = KFRAStep(self.quantities()[0], ctx.derivatives, ctx.io)
-        view = ctx.derivatives.view(ctx.io)
-        if view is not None and view.groups != 1:
-            raise UnsupportedOperation("Kronecker factors of grouped convolutions")
         step.check()
         return ctx.quantities[KFRAQuantity.key].output_factor(step)
 
