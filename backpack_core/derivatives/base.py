@@ -7,7 +7,6 @@ per-sample shapes of a module's input/output. A backpropagated matrix has shape
 output.
 """
 
-from math import prod
 from typing import Any, Optional
 
 from torch import Tensor
@@ -125,76 +124,6 @@ class Derivatives:
         """
         return None
 
-    # ------------------------------------------------------------------ KFRA (moving out)
-    def ea_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
-        """Batch average of ``J_n^T mat J_n`` (the KFRA recursion).
-
-        Args:
-            io: The module call.
-            mat: ``[D_out, D_out]`` with ``D_out = prod(out)``.
-
-        Returns:
-            ``[D_in, D_in]``.
-        """
-        in_shape, out_shape = io.input_shape[1:], io.output_shape[1:]
-        d_in, d_out = prod(in_shape), prod(out_shape)
-        batch = 1 if self.sample_independent_jacobian else io.batch_size
-        columns = mat.reshape(d_out, 1, *out_shape).expand(d_out, batch, *out_shape)
-        left = self.jac_t_mat_prod(self._first_samples(io, batch), columns)  # [Do, B, *in]
-        left = left.reshape(d_out, batch, d_in).permute(2, 1, 0)  # [Di, B, Do]
-        both = self.jac_t_mat_prod(
-            self._first_samples(io, batch), left.reshape(d_in, batch, *out_shape)
-        )
-        return both.reshape(d_in, batch, d_in).mean(1)
-
-    def kfra_congruence(self, io: ModuleIO) -> Optional[Tensor]:
-        """The Jacobian ``[D_out, D_in]`` if it is one fixed matrix for all samples, else None.
-
-        KFRA then keeps ``J^T M J`` lazily as ``(J, M)``; a following reshape to a feature
-        map reduces it without forming the ``[D_in, D_in]`` matrix.
-        """
-        return None
-
-    def ea_channel_jac_t_mat_jac_prod(self, io: ModuleIO, mat: Tensor) -> Tensor:
-        """The KFRA recursion on feature maps, in channel form.
-
-        On a feature map ``[C, *spatial]`` with ``T`` positions, KFRA keeps the channel
-        matrix ``K = (1/T) sum_{t,t'} M[(., t), (., t')]``: the curvature w.r.t. the
-        spatially summed features, per position (the same reduction over positions that
-        BackPACK's KFAC/KFLR apply to a convolution's output factor). Linear maps
-        (convolutions on their input, pooling) pass it on exactly; elementwise modules
-        assume their derivative independent of the curvature across positions.
-
-        Args:
-            io: The module call (input ``[N, C_in, *spatial_in]``).
-            mat: ``[C_out, C_out]``.
-
-        Returns:
-            ``[C_in, C_in]``.
-        """
-        raise UnsupportedOperation(f"KFRA through {type(io.module).__name__} on feature maps")
-
-    @staticmethod
-    def _first_samples(io: ModuleIO, batch: int) -> ModuleIO:
-        if batch == io.batch_size:
-            return io
-        return ModuleIO(
-            io.module,
-            io.input[:batch] if _derivatives_read(io, "input") else None,
-            None,
-            extra=io.extra,
-            input_shape=(batch, *io.input_shape[1:]),
-            output_shape=(batch, *io.output_shape[1:]),
-        )
-
-
-def _derivatives_read(io, what):  # TODO(issue 15): goes with the KFRA methods above
-    try:
-        getattr(io, what)
-    except RuntimeError:
-        return False
-    return True
-
 
 class LossDerivatives(Derivatives):
     """The math of a loss ``L = sum_n c * l(f_n, y_n)``, ``c`` the reduction's scale.
@@ -217,4 +146,3 @@ class LossDerivatives(Derivatives):
     def sum_hessian(self, io: ModuleIO) -> Tensor:
         """Sum over samples of the per-sample loss Hessians, ``[D_in, D_in]``."""
         raise NotImplementedError
-

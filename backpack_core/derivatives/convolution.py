@@ -289,14 +289,6 @@ class ConvolutionDerivatives(ParameterLayerDerivatives):
             return self._shift_gram(io)
         return self._patch_gram(io)
 
-    # TODO(issue 15): removed once KFRA lives in backpack_core/extensions/kfra.py
-    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        if io.module.groups != 1:
-            raise UnsupportedOperation("KFRA through grouped convolutions")
-        summed_weight = io.module.weight.flatten(2).sum(2)  # [O, C]
-        ratio = self.positions(io) / io.input_shape[2:].numel()
-        return summed_weight.T @ mat @ summed_weight * ratio
-
 
 def _tap_reads(kernel: int, stride: int, dilation: int, before: int, outputs: int, device):
     """``[kernel, outputs]``: the unpadded input index each tap reads at each output position.

@@ -18,12 +18,6 @@ class FlattenDerivatives(Derivatives):
     def jac_t_mat_prod(self, io, mat):
         return mat.reshape(*mat.shape[:2], *io.input_shape[1:])
 
-    def ea_jac_t_mat_jac_prod(self, io, mat):
-        return mat
-
-    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        return mat
-
 
 class ZeroPadDerivatives(Derivatives):
     """Zero padding; its transposed Jacobian crops (a negative pad). Shapes only."""

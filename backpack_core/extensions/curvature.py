@@ -15,7 +15,6 @@ from backpack_core.derivatives.base import UnsupportedOperation
 from backpack_core.extensions.base import BackpropExtension, ModuleContext
 from backpack_core.quantities import (
     HessianFactors,
-    KFRAMatrix,
     SqrtGGNExact,
     SqrtGGNMonteCarlo,
 )
@@ -314,46 +313,3 @@ class KFAC(_MonteCarlo, _Kronecker):
 
     def __repr__(self) -> str:
         return f"KFAC(mc_samples={self.mc_samples}, kfac_approx={self.kfac_approx!r})"
-
-
-class KFRA(_Kronecker):
-    """Kronecker factors from recursively batch-averaged GGN blocks (Botev et al., 2017).
-
-    The quantity passed backward is a dense ``[D, D]`` matrix for a layer with ``D``
-    features per sample (the batch average is taken at every layer); on convolutional
-    feature maps a ``[C, C]`` channel matrix under the spatial-homogeneity assumption of
-    Kronecker-factored convolutions (see :class:`backpack_core.quantities.KFRAMatrix`), so
-    that KFRA runs on conv nets in the memory of an ordinary machine.
-
-    KFRA keeps its own form and has no ``kfac_approx``: its ``A`` is that of
-    ``KFLR(kfac_approx="backpack")``, its ``B`` the curvature of the position-summed output
-    (as in the ``"backpack"``/``"reduce"`` ``B``), so on conv layers it shares the
-    ``"backpack"`` convention's scale (on a single layer it equals that KFLR).
-
-    KFRA refuses a network where a tensor feeds several modules or a sum (a residual
-    connection): batch-averaged matrices of the branches cannot be combined exactly.
-
-    Args:
-        max_bytes: Largest dense matrix KFRA may form (default: the engine's limit, see
-            :func:`backpack_core.set_memory_limit`); beyond it a clear ``MemoryError`` names
-            the layer instead of exhausting memory.
-    """
-
-    savefield = "kfra"
-
-    def __init__(self, max_bytes=None):
-        self.max_bytes = max_bytes
-
-    def quantities(self):
-        return (KFRAMatrix(self.max_bytes),)
-
-    def output_factor(self, ctx):
-        # TODO(issue 15): replaced by backpack_core/extensions/kfra.py
-        quantity = self.quantities()[0]
-        view = _kronecker_view(ctx)
-        if ctx.io.module.weight.dim() == 2 and len(ctx.io.input_shape) > 2:
-            raise UnsupportedOperation(
-                "KFRA for Linear layers with inputs of more than two dimensions"
-            )
-        matrix = quantity.materialize(ctx.quantities[KFRAMatrix.key], ctx.io)
-        return matrix * view.positions if len(ctx.io.output_shape) > 2 else matrix
