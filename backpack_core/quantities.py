@@ -2,7 +2,8 @@
 
 Each is started once by the loss and passed on by every module, however many extensions
 read it: DiagGGNExact, BatchDiagGGNExact and KFLR share one exact factor, KFAC and DiagGGNMC
-with the same ``mc_samples`` share one sampled factor.
+with the same ``mc_samples`` share one sampled factor. KFRA's batch-averaged matrices live
+with their extension (:mod:`backpack_core.extensions.kfra`).
 """
 
 from math import prod, sqrt
@@ -138,94 +139,3 @@ def _diagonal_factor(diagonal: Tensor) -> Tensor:
     batch, shape = diagonal.shape[0], diagonal.shape[1:]
     flat = torch.diag_embed(diagonal.reshape(batch, -1))  # [N, D, D]
     return flat.transpose(0, 1).reshape(-1, batch, *shape)
-
-
-class KFRAMatrix(BackpropagatedQuantity):
-    """The batch-averaged GGN w.r.t. a module's output (KFRA), as ``(form, matrix)``.
-
-    On flat features ``[N, D]`` the form is ``"dense"``: the exact ``[D, D]`` recursion of
-    Botev et al. (2017). On feature maps ``[N, C, *spatial]`` with ``T`` positions the form
-    is ``"channel"``: the ``[C, C]`` curvature of the spatially summed features divided by
-    ``T`` (see ``Derivatives.ea_channel_jac_t_mat_jac_prod``), the reduction over positions
-    that BackPACK's KFAC/KFLR use for a convolution's output factor. A dense matrix over a
-    feature map would need ``(C * H * W)^2`` entries (17 GB at CIFAR's first layer). For a
-    network with a single Linear or Conv layer, KFRA equals ``KFLR(kfac_approx="backpack")``.
-
-    Args:
-        max_bytes: Refuse to form a dense matrix larger than this, with an error that says
-            which module would need how much, instead of exhausting the machine's memory;
-            ``None``: the engine's limit (:func:`backpack_core.set_memory_limit`).
-    """
-
-    key = "kfra"
-    supports_branching = False
-    branching_refusal = (
-        "KFRA's recursion passes one batch-averaged matrix per layer, and the average of "
-        "J^T M J over a sum of paths J = J_1 + J_2 has cross terms E[J_1^T M J_2] that the "
-        "per-path averages do not keep."
-    )
-
-    @property
-    def name(self) -> str:
-        """``"KFRA"``: the extension this quantity belongs to."""
-        return "KFRA"
-
-    def __init__(self, max_bytes=None):
-        self.max_bytes = max_bytes
-
-    def start(self, derivatives, io, scale):
-        matrix = derivatives.sum_hessian(io) * scale
-        if io.input.dim() > 2:
-            return ("channel", _channel_form(matrix, io.input.shape[1:]))
-        return ("dense", matrix)
-
-    def backpropagate(self, derivatives, io, value, grad_output):
-        form, content = value
-        if form == "channel":
-            return ("channel", derivatives.ea_channel_jac_t_mat_jac_prod(io, content))
-        if form == "congruence" and derivatives.reshapes_only and io.input.dim() > 2:
-            # The reshape to a feature map only needs the channel form of L^T M L, which the
-            # position-summed L gives without forming the [C*T, C*T] matrix.
-            left, matrix = content
-            channels, positions = io.input.shape[1], prod(io.input.shape[2:])
-            summed = left.reshape(left.shape[0], channels, positions).sum(2)
-            return ("channel", summed.T @ matrix @ summed / positions)
-        jacobian = derivatives.kfra_congruence(io)
-        if jacobian is not None:
-            # A fixed linear map: keep J^T M J as (J, M) until someone needs it dense.
-            if form == "congruence":
-                return ("congruence", (content[0] @ jacobian, content[1]))
-            return ("congruence", (jacobian, content))
-        dense = self.materialize(value, io)
-        result = derivatives.ea_jac_t_mat_jac_prod(io, dense)
-        self._check_dense(result.shape[0], result, io)
-        if io.input.dim() > 2:
-            return ("channel", _channel_form(result, io.input.shape[1:]))
-        return ("dense", result)
-
-    def materialize(self, value, io: ModuleIO) -> Tensor:
-        """The matrix a value stands for (dense or channel form), formed if it is lazy."""
-        form, content = value
-        if form != "congruence":
-            return content
-        left, matrix = content
-        self._check_dense(left.shape[1], matrix, io)
-        return left.T @ matrix @ left
-
-    def _check_dense(self, features: int, like: Tensor, io: ModuleIO) -> None:
-        needed = features * features * like.element_size()
-        limit = memory_limit(like.device) if self.max_bytes is None else self.max_bytes
-        if needed > limit:
-            raise MemoryError(
-                f"KFRA would form a dense {features} x {features} matrix "
-                f"({format_bytes(needed)}) near {io.module}; the limit is "
-                f"{format_bytes(limit)}. Raise it with KFRA(max_bytes=...) if the "
-                "memory is there, or use KFLR/KFAC for this network."
-            )
-
-
-def _channel_form(matrix: Tensor, shape: torch.Size) -> Tensor:
-    """The channel form ``(1/T) sum_{t,t'} blocks`` of a dense ``[C*T, C*T]`` matrix."""
-    channels, positions = shape[0], prod(shape[1:])
-    blocks = matrix.reshape(channels, positions, channels, positions)
-    return blocks.sum((1, 3)) / positions
