@@ -34,7 +34,8 @@ class CrossEntropyDerivatives(LossDerivatives):
     reads_output = False
 
     def capture(self, module, input, output):
-        saved = saved_tensor(output.grad_fn, "self")  # NllLossBackward0: log_softmax(input)
+        node = output.grad_fn  # NllLossBackward0 (NllLoss2dBackward0): saved log_softmax(input)
+        saved = saved_tensor(node, "self") if type(node).__name__.startswith("NllLoss") else None
         if saved is not None and saved.shape == input.shape:
             return saved
         # Not the graph of class-index targets (or another torch version): compute them.
