@@ -256,3 +256,16 @@ def test_cross_entropy_keeps_autograds_log_probabilities_not_a_copy():
     saved = loss.grad_fn.next_functions[0][0]._saved_result  # LogSoftmaxBackward0
     assert captured.untyped_storage().data_ptr() == saved.untyped_storage().data_ptr()
     assert_close(captured, torch.log_softmax(logits.detach(), 1))
+
+
+@pytest.mark.parametrize("net_id", list(NETS))
+def test_a_graph_dropped_without_backward_frees_everything_without_the_cycle_collector(net_id):
+    # e.g. an evaluation with gradients enabled: the records must not form reference cycles
+    gc.collect()
+    gc.disable()
+    try:
+        _, loss, _, outputs = _forward_and_liveness(net_id, extended=True)
+        del loss
+        assert all(ref() is None for ref in outputs.values())
+    finally:
+        gc.enable()
