@@ -19,6 +19,9 @@ class MaxPoolDerivatives(Derivatives):
     channelwise = True
     reads_input = False
     reads_output = False
+    # Every output entry is one input entry, so the sum over input positions of
+    # ``J_n^T v`` is the sum of ``v`` over output positions, whatever the sample (KFRA).
+    sample_independent_position_sums = True
 
     def __init__(self, spatial_dims: int):
         self.spatial_dims = spatial_dims
