@@ -27,10 +27,14 @@ class MaxPoolDerivatives(Derivatives):
         self.spatial_dims = spatial_dims
 
     def capture(self, module, input, output):
-        # Autograd keeps the argmax indices for its own backward; reuse them.
-        saved = saved_tensor(output.grad_fn, "result1")
-        if saved is not None and saved.shape == output.shape:
-            return saved
+        # Autograd keeps the argmax indices for its own backward; reuse them. MaxPool1d runs
+        # as a 2d pooling over [N, C, 1, L] followed by a squeeze: its indices sit one node up.
+        node = output.grad_fn
+        saved = saved_tensor(node, "result1")
+        if saved is None and type(node).__name__.startswith("Squeeze"):
+            saved = saved_tensor(node.next_functions[0][0], "result1")
+        if saved is not None and saved.dtype == torch.int64 and saved.numel() == output.numel():
+            return saved.reshape(output.shape)
         # Not readable from autograd (another torch version): compute them once, now.
         pool = getattr(F, f"max_pool{self.spatial_dims}d")
         with torch.no_grad():

@@ -202,6 +202,7 @@ LAYERS = {
     "tanh": (lambda: nn.Tanh(), (3, 5)),
     "dropout": (lambda: nn.Dropout(0.4), (3, 5)),
     "maxpool2d": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (3, 2, 5, 5)),
+    "maxpool1d": (lambda: nn.MaxPool1d(3, stride=2, padding=1), (3, 2, 7)),
     "avgpool2d": (lambda: nn.AvgPool2d(3, 2, padding=1, count_include_pad=False), (3, 2, 5, 5)),
     "zeropad2d": (lambda: nn.ZeroPad2d((1, 0, 2, 1)), (3, 2, 4, 4)),
     "flatten": (lambda: nn.Flatten(), (3, 2, 4)),
@@ -269,3 +270,25 @@ def test_a_graph_dropped_without_backward_frees_everything_without_the_cycle_col
         assert all(ref() is None for ref in outputs.values())
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "module, shape",
+    [(nn.MaxPool1d(3, 2, padding=1), (3, 2, 7)), (nn.MaxPool2d(3, 2, padding=1), (3, 2, 5, 5))],
+    ids=["1d", "2d"],
+)
+def test_max_pooling_keeps_autograds_indices_not_a_copy(module, shape):
+    x = torch.randn(shape, requires_grad=True)
+    output = module(x)
+    captured = derivatives_for(module).capture(module, x, output)
+    _, indices = torch.nn.functional.max_pool2d(
+        x.detach().reshape(shape[0], shape[1], -1, shape[-1]) if len(shape) == 3 else x.detach(),
+        (1, 3) if len(shape) == 3 else 3,
+        (1, 2) if len(shape) == 3 else 2,
+        (0, 1) if len(shape) == 3 else 1,
+        return_indices=True,
+    )
+    assert torch.equal(captured, indices.reshape(output.shape))
+    node = output.grad_fn if len(shape) == 4 else output.grad_fn.next_functions[0][0]
+    saved = node._saved_result1
+    assert captured.untyped_storage().data_ptr() == saved.untyped_storage().data_ptr()
