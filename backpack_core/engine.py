@@ -107,6 +107,8 @@ class _ActivePass:
         # edge key -> [number of deposits, {quantity key: value}] (summed over consumers)
         self.deposits: Dict[Tuple[int, int], list] = {}
         self.plan: Optional[_Plan] = None
+        # the backward pass (graph task) in which a loss last started the quantities
+        self.loss_task: Optional[int] = None
 
     # ------------------------------------------------------------------ helpers
     def _names(self) -> str:
@@ -218,6 +220,17 @@ class _ActivePass:
     def _start(self, record: _Record, derivatives: LossDerivatives, grad_output: Tensor) -> None:
         if not self.quantities:
             return
+        task = _torch_private.graph_task_id()
+        if self.loss_task == task:
+            raise NotImplementedError(
+                f"{self._backpropagating_names()} start at one extended loss per backward "
+                f"pass, and this one reaches a second ({record.module}). Their curvature "
+                "would need the two losses' factors side by side, not one in place of the "
+                "other. Call backward() on each loss separately and add the results (they "
+                "are sums over the loss terms), or extend only the loss whose curvature you "
+                "want. First-order extensions work with several losses."
+            )
+        self.loss_task = task
         try:
             derivatives.check(record)
         except UnsupportedOperation as error:
@@ -459,4 +472,5 @@ class backpack:  # noqa: N801 (a context manager named like BackPACK's)
         _ACTIVE.remove(self._pass)
         self._pass.deposits.clear()
         self._pass.plan = None
+        self._pass.loss_task = None
         return False

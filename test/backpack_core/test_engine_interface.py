@@ -366,3 +366,52 @@ def test_second_step_uses_the_second_batch():
     for name, p in model.named_parameters():
         assert_close(p.diag_ggn_exact, expected[name], **setting.tolerances)
         assert_close(p.grad_batch, expected_grad_batch[name], **setting.tolerances)
+
+
+def _two_losses(*extensions):
+    torch.manual_seed(0)
+    model = extend(nn.Sequential(nn.Linear(4, 3)).double())
+    cross_entropy, mse = extend(nn.CrossEntropyLoss()), extend(nn.MSELoss())
+    inputs = torch.randn(5, 4, dtype=torch.float64)
+    labels, targets = torch.randint(0, 3, (5,)), torch.randn(5, 3, dtype=torch.float64)
+    outputs = model(inputs)
+    with backpack(*extensions):
+        (cross_entropy(outputs, labels) + mse(outputs, targets)).backward()
+    return model, inputs, labels, targets
+
+
+def test_two_extended_losses_in_one_backward_are_refused_for_curvature():
+    """Their GGN needs both losses' factors; one must not silently replace the other."""
+    with pytest.raises(NotImplementedError, match="one extended loss per backward pass"):
+        _two_losses(DiagGGNExact())
+
+
+def test_two_extended_losses_in_one_backward_work_for_first_order():
+    model, inputs, labels, targets = _two_losses(BatchGrad())
+    layer = model[0]
+    params = {name: p.detach() for name, p in layer.named_parameters()}
+
+    def sample_loss(params, x, y, t):
+        out = torch.func.functional_call(layer, params, (x.unsqueeze(0),))
+        return (
+            nn.functional.cross_entropy(out, y.unsqueeze(0))
+            + nn.functional.mse_loss(out, t.unsqueeze(0))
+        ) / inputs.shape[0]
+
+    expected = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0, 0))(
+        params, inputs, labels, targets
+    )
+    for name, param in layer.named_parameters():
+        torch.testing.assert_close(param.grad_batch, expected[name])
+
+
+def test_two_backward_passes_in_one_context_each_start_once():
+    torch.manual_seed(0)
+    model = extend(nn.Sequential(nn.Linear(4, 3)))
+    loss_function = extend(nn.CrossEntropyLoss())
+    inputs, labels = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    with backpack(DiagGGNExact()):
+        loss_function(model(inputs), labels).backward()
+        first = model[0].weight.diag_ggn_exact.clone()
+        loss_function(model(inputs), labels).backward()
+    torch.testing.assert_close(model[0].weight.diag_ggn_exact, first)
