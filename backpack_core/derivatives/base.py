@@ -39,9 +39,14 @@ class Derivatives:
     #: needs one sample.
     sample_independent_jacobian = False
 
-    #: ``True`` for modules that only reshape (``Flatten``), which lets KFRA project a lazy
-    #: ``J^T M J`` straight to a feature map's channel form.
+    #: ``True`` for modules that only reshape (``Flatten``): KFRA passes a matrix at their
+    #: flat output on by reshaping it, without columns.
     reshapes_only = False
+
+    #: ``True`` if the sums over input positions of ``J_n^T v`` are the same for every
+    #: sample (max pooling: every output entry is one input entry): KFRA's channel form
+    #: then passes with one sample.
+    sample_independent_position_sums = False
 
     #: ``True`` if output channel ``c`` depends on input channel ``c`` only (elementwise
     #: modules, pooling, padding, upsampling): KFRA's channel form then passes through

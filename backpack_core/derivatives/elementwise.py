@@ -7,7 +7,7 @@ derivative contribute the residual ``f''(x) * grad_output`` to the Hessian.
 from typing import Optional
 
 import torch
-from torch import Tensor, einsum
+from torch import Tensor
 
 from backpack_core._torch_private import saved_tensor
 from backpack_core.derivatives.base import Derivatives, ModuleIO
@@ -37,14 +37,6 @@ class ElementwiseDerivatives(Derivatives):
     def hessian_residual(self, io, grad_output):
         second = self.second_derivative(io)
         return None if second is None else second * grad_output
-
-    def ea_jac_t_mat_jac_prod(self, io, mat):
-        df = self._first(io).flatten(1)
-        return mat * einsum("ni,nj->ij", df, df) / io.batch_size
-
-    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        mean_df = self._first(io).flatten(2).mean(2)  # [N, C], averaged over positions
-        return mat * einsum("nc,nd->cd", mean_df, mean_df) / io.batch_size
 
 
 class ReLUDerivatives(ElementwiseDerivatives):

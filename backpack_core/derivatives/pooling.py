@@ -65,10 +65,6 @@ class MaxPoolDerivatives(Derivatives):
         result.scatter_add_(3, index, mat.flatten(3))
         return result.reshape(columns, batch, *io.input_shape[1:])
 
-    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        # Each output position takes one input entry per channel: the spatial sum passes.
-        return mat * prod(io.output_shape[2:]) / prod(io.input_shape[2:])
-
 
 class AvgPoolDerivatives(Derivatives):
     """Average pooling is the same linear map for every sample."""
@@ -110,8 +106,3 @@ class AvgPoolDerivatives(Derivatives):
             module.divisor_override,
         )
         return result.reshape(columns, batch, *io.input_shape[1:])
-
-    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        # Each output position averages entries of its window: the spatial sum passes
-        # (up to windows cut by padding).
-        return mat * prod(io.output_shape[2:]) / prod(io.input_shape[2:])

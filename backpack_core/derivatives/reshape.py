@@ -1,7 +1,5 @@
 """Modules that only move entries around: ``Flatten``, ``ZeroPad2d``, ``Identity``."""
 
-from math import prod
-
 import torch.nn.functional as F
 
 from backpack_core.derivatives.base import Derivatives
@@ -42,10 +40,6 @@ class ZeroPadDerivatives(Derivatives):
         crop = [-amount for amount in io.extra]
         flat = F.pad(mat.reshape(columns * batch, *mat.shape[2:]), crop)
         return flat.reshape(columns, batch, *io.input_shape[1:])
-
-    def ea_channel_jac_t_mat_jac_prod(self, io, mat):
-        # Assumes the curvature spread evenly over positions, the border included.
-        return mat * prod(io.input_shape[2:]) / prod(io.output_shape[2:])
 
 
 class IdentityDerivatives(FlattenDerivatives):

@@ -183,7 +183,13 @@ def _check_kfac_approx(kfac_approx) -> str:
     return kfac_approx
 
 
-def _kronecker_view(ctx: ModuleContext):
+def kronecker_view(ctx: ModuleContext):
+    """The weight-layer view of a call that has Kronecker factors, else a refusal.
+
+    Raises:
+        UnsupportedOperation: For a module that is not a weight layer, and for grouped
+            convolutions.
+    """
     view = ctx.view
     if view is None:
         raise UnsupportedOperation(
@@ -197,7 +203,7 @@ def _kronecker_view(ctx: ModuleContext):
 
 def output_factor(ctx: ModuleContext, factor: Tensor, kfac_approx: str) -> Tensor:
     """``B`` ``[out, out]`` from the backpropagated columns ``[V, N, *out]`` (see :class:`KFAC`)."""
-    view = _kronecker_view(ctx)
+    view = kronecker_view(ctx)
     s = view.columns(factor)[:, :, 0]  # [V, N, O, T]
     out_features = s.shape[2]
     if kfac_approx == "expand" and view.positions > 1:
@@ -214,7 +220,7 @@ def output_factor(ctx: ModuleContext, factor: Tensor, kfac_approx: str) -> Tenso
 
 def input_factor(ctx: ModuleContext, kfac_approx: str) -> Tensor:
     """``A`` ``[in, in]`` over the unfolded input (see :class:`KFAC`)."""
-    view = _kronecker_view(ctx)
+    view = kronecker_view(ctx)
     batch, positions = view.batch_size, view.positions
     if kfac_approx == "reduce" and positions > 1:
         mean = view.mean_inputs()
@@ -222,7 +228,7 @@ def input_factor(ctx: ModuleContext, kfac_approx: str) -> Tensor:
     return view.input_gram().div_(batch * (positions if kfac_approx == "expand" else 1))
 
 
-class _Kronecker(BackpropExtension):
+class KroneckerExtension(BackpropExtension):
     """``[B, A]`` for a weight (``B`` over outputs, ``A`` over inputs), ``[B]`` for a bias.
 
     ``B kron A`` approximates the weight's GGN block; see :class:`KFAC` for how the factors
@@ -243,7 +249,7 @@ class _Kronecker(BackpropExtension):
         return [b, a]
 
 
-class KFLR(_Kronecker):
+class KFLR(KroneckerExtension):
     """Kronecker factors of the exact GGN (Botev et al., 2017): ``p.kflr``.
 
     Args:
@@ -268,7 +274,7 @@ class KFLR(_Kronecker):
         return f"KFLR(kfac_approx={self.kfac_approx!r})"
 
 
-class KFAC(_MonteCarlo, _Kronecker):
+class KFAC(_MonteCarlo, KroneckerExtension):
     """Kronecker factors of the Monte-Carlo GGN (Martens & Grosse, 2015): ``p.kfac``.
 
     A weight gets ``[B, A]`` (``B``: ``[out, out]``; ``A``: ``[in, in]``, for a convolution

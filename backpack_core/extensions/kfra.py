@@ -49,7 +49,7 @@ from torch import Tensor
 from backpack_core.config import format_bytes, memory_limit
 from backpack_core.derivatives.base import Derivatives, LossDerivatives, UnsupportedOperation
 from backpack_core.derivatives.io import ModuleIO
-from backpack_core.extensions.curvature import _Kronecker, _kronecker_view
+from backpack_core.extensions.curvature import KroneckerExtension, kronecker_view
 from backpack_core.quantities import BackpropagatedQuantity
 
 #: Take the shortcuts (lazy congruences, one column for channelwise modules, the
@@ -120,7 +120,7 @@ class KFRAStep:
         """
         derivatives = self.derivatives
         if derivatives.sample_independent_jacobian or (
-            summed and getattr(derivatives, "sample_independent_position_sums", False)
+            summed and derivatives.sample_independent_position_sums
         ):
             return _samples(self.io, 0, 1), 1
         return self.io, self.io.batch_size
@@ -354,7 +354,7 @@ class KFRAQuantity(BackpropagatedQuantity):
             )
 
 
-class KFRA(_Kronecker):
+class KFRA(KroneckerExtension):
     """Kronecker factors from recursively batch-averaged GGN blocks (Botev et al., 2017).
 
     ``p.kfra`` is ``[B, A]`` for a weight, ``[B]`` for a bias. ``A`` is that of
@@ -387,7 +387,7 @@ class KFRA(_Kronecker):
         return (KFRAQuantity(self.max_bytes),)
 
     def output_factor(self, ctx):
-        _kronecker_view(ctx)  # refuses layers without a view and grouped convolutions
+        kronecker_view(ctx)  # refuses layers without a view and grouped convolutions
         step = KFRAStep(self.quantities()[0], ctx.derivatives, ctx.io)
         step.check()
         return ctx.quantities[KFRAQuantity.key].output_factor(step)
