@@ -69,7 +69,8 @@ def batch_l2(ctx: ModuleContext, name: str) -> Tensor:
         if factors is not None and _gram_form_is_cheaper(*factors):
             s, u = factors
             if s.shape[3] == 1:  # ||s u^T||^2 = ||s||^2 ||u||^2
-                return (s.square().sum((2, 3)) * u.square().sum((2, 3))).sum(1)
+                s_norms = torch.linalg.vector_norm(s[..., 0], dim=2).square_()
+                return (s_norms * torch.linalg.vector_norm(u[..., 0], dim=2).square_()).sum(1)
             s_gram = einsum("ngot,ngos->ngts", s, s)
             u_gram = einsum("ngct,ngcs->ngts", u, u)
             return (s_gram * u_gram).sum((1, 2, 3))
