@@ -106,6 +106,16 @@ class ModuleContext:
         """``[N, *p.shape]``: the per-sample summands of the parameter's gradient."""
         return self.memo(("individual_gradients", name), lambda: self._individual(name))
 
+    def individual_gradients_to_overwrite(self, name: str) -> Tensor:
+        """Individual gradients in a fresh tensor that the caller may overwrite in place.
+
+        Computed anew (not memoised): for a quantity that reduces them right away, e.g. by
+        squaring in place, without a second tensor of their size.
+        """
+        if ("individual_gradients", name) in self._memo:
+            return self._memo[("individual_gradients", name)].clone()
+        return self._individual(name)
+
     def _individual(self, name: str) -> Tensor:
         param = getattr(self.io.module, name)
         out = None

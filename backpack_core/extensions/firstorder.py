@@ -103,7 +103,7 @@ def sum_grad_squared(ctx: ModuleContext, name: str) -> Tensor:
             result = einsum("ngo,ngc->goc", s[..., 0].square(), u[..., 0].square())
             return result.reshape(ctx.io.module.weight.shape)
         if individual is None:
-            return ctx.individual_gradients(name).square().sum(0)
+            return ctx.individual_gradients_to_overwrite(name).square_().sum(0)
         # a reduction without a temporary as large as the individual gradients
         return torch.linalg.vector_norm(individual, dim=0).square()
 

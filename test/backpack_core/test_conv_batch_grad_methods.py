@@ -57,8 +57,9 @@ def test_per_sample_weight_gradients(case, method, pinned):
 @pytest.mark.parametrize(
     "layer, shape, method",
     [
-        (nn.Conv2d(32, 64, 5, padding=2), (128, 32, 14, 14), "grouped"),  # mnist_2c2d 2nd
-        (nn.Conv2d(3, 64, 5), (64, 3, 32, 32), "grouped"),  # cifar10_3c3d 1st
+        (nn.Conv2d(96, 96, 3, padding=1), (32, 96, 32, 32), "grouped"),  # allcnnc 32x32
+        (nn.Conv2d(32, 64, 5, padding=2), (128, 32, 14, 14), "unfold"),  # mnist_2c2d 2nd
+        (nn.Conv2d(3, 64, 5), (64, 3, 32, 32), "unfold"),  # cifar10_3c3d 1st
         (nn.Conv2d(1, 32, 5, padding=2), (128, 1, 28, 28), "unfold"),  # mnist_2c2d 1st
         (nn.Conv2d(64, 96, 3), (64, 64, 13, 13), "unfold"),  # cifar10_3c3d 2nd
         (nn.Conv2d(192, 192, 3, padding=1), (32, 192, 8, 8), "unfold"),  # allcnnc 8x8
