@@ -28,6 +28,12 @@ class LinearDerivatives(ParameterLayerDerivatives):
         # [V, N, *, out] -> [V, N, 1, out, T]: a view, no copy
         return mat.reshape(*mat.shape[:2], -1, mat.shape[-1]).transpose(2, 3).unsqueeze(2)
 
+    def one_position_columns(self, io, mat):
+        return mat.reshape(*mat.shape[:2], 1, mat.shape[-1])
+
+    def one_position_unfold(self, io):
+        return io.input.reshape(io.input.shape[0], 1, io.input.shape[-1])
+
     def tap_counts(self, io):
         return io.input.new_full((1,), float(self.positions(io)))
 

@@ -57,6 +57,14 @@ class ParameterLayerDerivatives(Derivatives):
         """Backpropagated columns ``[V, N, *out]`` as ``[V, N, G, C_out/G, T]`` (a view)."""
         raise NotImplementedError
 
+    def one_position_columns(self, io: ModuleIO, mat: Tensor) -> Tensor:
+        """:meth:`columns` of a layer with one position, without it: ``[V, N, G, C_out/G]``."""
+        return self.columns(io, mat)[..., 0]
+
+    def one_position_unfold(self, io: ModuleIO) -> Tensor:
+        """:meth:`unfold` of a layer with one position, without it: ``[N, G, C_in/G * K]``."""
+        return self.unfold(io)[..., 0]
+
     def tap_counts(self, io: ModuleIO) -> Tensor:
         """For each kernel tap, at how many output positions it reads a real input entry.
 
@@ -145,6 +153,14 @@ class LayerView:
     def columns(self, mat: Tensor) -> Tensor:
         """``S`` ``[V, N, G, C_out/G, T]`` from ``[V, N, *out]``."""
         return self.derivatives.columns(self.io, mat)
+
+    def one_position_columns(self, mat: Tensor) -> Tensor:
+        """``S`` without its position axis ``[V, N, G, C_out/G]`` (``T = 1`` only)."""
+        return self.derivatives.one_position_columns(self.io, mat)
+
+    def one_position_unfolded(self) -> Tensor:
+        """``U`` without its position axis ``[N, G, C_in/G * K]`` (``T = 1`` only)."""
+        return self.derivatives.one_position_unfold(self.io)
 
     def tap_counts(self) -> Tensor:
         """``[K]``, see :meth:`ParameterLayerDerivatives.tap_counts`."""

@@ -59,9 +59,6 @@ class ModuleContext:
         derivatives: The math of the module's class.
         grad_output: Gradient of the loss w.r.t. the module output, ``[N, *out]``.
         quantities: Backpropagated quantities at the module output, by key.
-        view: The call as a parameter layer (unfolded input and backpropagated columns,
-            :class:`~backpack_core.derivatives.parameter_layer.LayerView`), or ``None`` for
-            a module that is not a weight layer.
     """
 
     def __init__(
@@ -79,7 +76,14 @@ class ModuleContext:
         # the active extension that stores the individual gradients, if any
         self._storing = storing
         self._memo: Dict[Hashable, Any] = {}
-        self.view = derivatives.view(io) if derivatives is not None else None
+
+    @property
+    def view(self):
+        """The call as a weight layer (built on first use), or ``None``."""
+        if "view" not in self._memo:
+            derivatives = self.derivatives
+            self._memo["view"] = derivatives.view(self.io) if derivatives is not None else None
+        return self._memo["view"]
 
     @property
     def batch_size(self) -> int:
@@ -123,6 +127,11 @@ class ModuleContext:
         if storing is not None and storing.reuse_buffer:
             shape = (self.batch_size, *param.shape)
             out = previous_result(param, storing.savefield, shape, param.dtype, param.device)
+        elif storing is not None:
+            # Drop the previous step's result before allocating the new one: if nothing
+            # else refers to it, its memory is free to be handed out again (fewer fresh
+            # pages to fault in); if something does, nothing changes for it.
+            param.__dict__.pop(storing.savefield, None)
         if self.view is not None and name == "weight":
             return self.view.individual_weight_gradients(self.grad_output, out)
         columns = self.grad_output.unsqueeze(0)

@@ -62,7 +62,7 @@ def diagonal_curvature(ctx: ModuleContext, name: str, factor: Tensor, sum_batch:
     view = ctx.view if name == "weight" else None
     if view is not None and view.positions == 1:
         # (s u^T)^2 summed over columns = (s^2)(u^2)^T: no [V, N, out, in] tensor
-        s, u = view.columns(factor)[..., 0], view.unfolded()[..., 0]
+        s, u = view.one_position_columns(factor), view.one_position_unfolded()
         equation = "vngo,ngc->goc" if sum_batch else "vngo,ngc->ngoc"
         result = einsum(equation, s.square(), u.square())
         return result.reshape(*result.shape[: 0 if sum_batch else 1], *param.shape)

@@ -48,15 +48,23 @@ class BatchGrad(BackpropExtension):
 
 
 def _factors(ctx: ModuleContext, name: str):
-    """``(s [N, G, O/G, T], u [N, G, C/G*K, T])`` for a view's weight, else ``None``."""
-    if ctx.view is None or name != "weight":
+    """``(s, u)`` of a view's weight, else ``None``.
+
+    ``s [N, G, O/G, T]`` and ``u [N, G, C/G*K, T]``; with one position (``T = 1``) without
+    the position axis, ``[N, G, O/G]`` and ``[N, G, C/G*K]``.
+    """
+    if name != "weight" or ctx.view is None:
         return None
-    return ctx.view.columns(ctx.grad_output.unsqueeze(0))[0], ctx.view.unfolded()
+    view, columns = ctx.view, ctx.grad_output.unsqueeze(0)
+    if view.positions == 1:
+        return view.one_position_columns(columns)[0], view.one_position_unfolded()
+    return view.columns(columns)[0], view.unfolded()
 
 
 def _gram_form_is_cheaper(s: Tensor, u: Tensor) -> bool:
     """``sum_{t,t'} (s_t . s_t')(u_t . u_t')`` against forming ``sum_t s_t u_t^T``."""
-    out_features, in_features, positions = s.shape[2], u.shape[2], s.shape[3]
+    out_features, in_features = s.shape[2], u.shape[2]
+    positions = s.shape[3] if s.dim() == 4 else 1
     return positions * (out_features + in_features) < out_features * in_features
 
 
@@ -68,9 +76,9 @@ def batch_l2(ctx: ModuleContext, name: str) -> Tensor:
         factors = _factors(ctx, name) if individual is None else None
         if factors is not None and _gram_form_is_cheaper(*factors):
             s, u = factors
-            if s.shape[3] == 1:  # ||s u^T||^2 = ||s||^2 ||u||^2
-                s_norms = torch.linalg.vector_norm(s[..., 0], dim=2).square_()
-                return (s_norms * torch.linalg.vector_norm(u[..., 0], dim=2).square_()).sum(1)
+            if s.dim() == 3:  # one position: ||s u^T||^2 = ||s||^2 ||u||^2
+                s_norms = torch.linalg.vector_norm(s, dim=2).square_()
+                return (s_norms * torch.linalg.vector_norm(u, dim=2).square_()).sum(1)
             s_gram = einsum("ngot,ngos->ngts", s, s)
             u_gram = einsum("ngct,ngcs->ngts", u, u)
             return (s_gram * u_gram).sum((1, 2, 3))
@@ -97,10 +105,10 @@ def sum_grad_squared(ctx: ModuleContext, name: str) -> Tensor:
     def compute():
         individual = ctx.individual_gradients_at_hand(name)
         factors = _factors(ctx, name) if individual is None else None
-        if factors is not None and factors[0].shape[3] == 1:
-            # sum_n (s_n u_n^T)^2 = (s^2)^T (u^2): no [N, out, in] tensor
+        if factors is not None and factors[0].dim() == 3:
+            # one position: sum_n (s_n u_n^T)^2 = (s^2)^T (u^2), no [N, out, in] tensor
             s, u = factors
-            result = einsum("ngo,ngc->goc", s[..., 0].square(), u[..., 0].square())
+            result = einsum("ngo,ngc->goc", s.square(), u.square())
             return result.reshape(ctx.io.module.weight.shape)
         if individual is None:
             return ctx.individual_gradients_to_overwrite(name).square_().sum(0)
@@ -135,10 +143,10 @@ def batch_dot(ctx: ModuleContext, name: str) -> Tensor:
     def compute():
         individual = ctx.individual_gradients_at_hand(name)
         factors = _factors(ctx, name) if individual is None else None
-        if factors is not None and factors[0].shape[3] == 1:
-            # (s_i u_i^T) . (s_j u_j^T) = (s_i . s_j)(u_i . u_j), summed over groups
-            s = factors[0][..., 0].transpose(0, 1)  # [G, N, O/G]
-            u = factors[1][..., 0].transpose(0, 1)  # [G, N, C/G*K]
+        if factors is not None and factors[0].dim() == 3:
+            # one position: (s_i u_i^T) . (s_j u_j^T) = (s_i . s_j)(u_i . u_j), per group
+            s = factors[0].transpose(0, 1)  # [G, N, O/G]
+            u = factors[1].transpose(0, 1)  # [G, N, C/G*K]
             return (torch.bmm(s, s.transpose(1, 2)) * torch.bmm(u, u.transpose(1, 2))).sum(0)
         if individual is None:
             individual = ctx.individual_gradients(name)
