@@ -507,3 +507,22 @@ def run_extended(setting: Setting, *extensions, seed: int = 0, debug: bool = Fal
     with backpack(*extensions, debug=debug):
         loss.backward()
     return dict(model.named_parameters())
+
+
+def module_call(make: Callable[[], nn.Module], shape: Tuple[int, ...], seed: int = 0):
+    """One float64 call of a fresh module on random input, kept whole as the engine would.
+
+    Returns:
+        ``(module, x, output, io)``: ``x`` still requires gradients, ``io`` holds the
+        detached input and output and what the module's registered derivatives capture.
+    """
+    from backpack_core.derivatives import derivatives_for
+    from backpack_core.derivatives.io import ModuleIO
+
+    torch.manual_seed(seed)
+    module = make().double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    output = module(x)
+    derivatives = derivatives_for(module)
+    extra = derivatives.capture(module, x, output) if derivatives is not None else None
+    return module, x, output, ModuleIO(module, x.detach(), output.detach(), extra=extra)

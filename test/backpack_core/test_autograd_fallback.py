@@ -10,7 +10,14 @@ nets, and the refusals.
 import pytest
 import reference
 import torch
-from settings import SETTING_IDS, SETTINGS, kronecker_layers, reference_of, run_extended
+from settings import (
+    SETTING_IDS,
+    SETTINGS,
+    kronecker_layers,
+    module_call,
+    reference_of,
+    run_extended,
+)
 from torch import nn
 from torch.testing import assert_close
 
@@ -52,14 +59,9 @@ LAYERS = {
 
 
 def _call(name):
-    make, shape = LAYERS[name]
-    torch.manual_seed(0)
-    module = make().double()
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    output = module(x)
+    module, _, _, io = module_call(*LAYERS[name])
     registered = derivatives_for(module)
     assert registered is not None and not isinstance(registered, AutogradDerivatives), name
-    io = ModuleIO(module, x.detach(), output.detach(), extra=registered.capture(module, x, output))
     return registered, io
 
 

@@ -11,6 +11,7 @@ import weakref
 
 import pytest
 import torch
+from settings import module_call
 from torch import nn
 from torch.testing import assert_close
 
@@ -215,14 +216,8 @@ LAYERS = {
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_methods_read_only_what_the_flags_declare(name):
-    make, shape = LAYERS[name]
-    torch.manual_seed(0)
-    module = make().double()
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    output = module(x)
-    derivatives = derivatives_for(module)
-    extra = derivatives.capture(module, x, output)
-    full = ModuleIO(module, x.detach(), output.detach(), extra=extra)
+    module, x, output, full = module_call(*LAYERS[name])
+    derivatives, extra = derivatives_for(module), full.extra
     partial = ModuleIO(
         module,
         x.detach() if derivatives.reads_input else None,
