@@ -12,6 +12,8 @@ and its results file; it knows nothing of command lines or files but the step lo
 """
 
 import math
+import signal
+import threading
 import time
 
 from tqdm import tqdm
@@ -32,6 +34,44 @@ METRICS = (
 """DeepOBS's metrics, the lists a run returns."""
 
 _EVALUATIONS = ("train_losses", "valid_losses", "test_losses")
+
+
+class _Interrupts:
+    """Ctrl-C that is never lost.
+
+    Python ignores an exception raised inside a weak-reference callback or a ``__del__``
+    (it prints "Exception ignored in ..."), so a SIGINT that lands there would be swallowed
+    and the run would go on to its end. While active (in the main thread, with Python's
+    default SIGINT handler in place) this notes every SIGINT, raises
+    :class:`KeyboardInterrupt` as the default handler does, and :meth:`check` raises it
+    again between steps if it was swallowed.
+    """
+
+    def __init__(self):
+        self.seen = False
+        self._previous = None
+
+    def __enter__(self):
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self):
+        """Raise a :class:`KeyboardInterrupt` that arrived but was swallowed."""
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 class TrainingLoop:
@@ -81,6 +121,7 @@ class TrainingLoop:
         self.summary_writer = summary_writer
         self.progress_bar = progress_bar
         self.state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+        self._interrupts = _Interrupts()
 
     def run(self, num_epochs, steps_per_epoch=None, steps_in_epoch=None):
         """Evaluate, then train and evaluate ``num_epochs`` times.
@@ -94,20 +135,10 @@ class TrainingLoop:
             dict: DeepOBS's metrics; after an interrupt the lists hold the completed epochs.
         """
         metrics = {key: [] for key in METRICS}
-        global_step = 0
+        self._interrupts = _Interrupts()
         try:
-            for epoch in range(num_epochs + 1):
-                self.evaluate_all(epoch, metrics)
-                if epoch == num_epochs:
-                    break
-                started = time.perf_counter()
-                global_step, finite = self._epoch(
-                    metrics, epoch, num_epochs, global_step, steps_per_epoch, steps_in_epoch
-                )
-                if not finite:
-                    self.abort(epoch, metrics)
-                    break
-                self.state["epoch_seconds"].append(time.perf_counter() - started)
+            with self._interrupts:
+                self._epochs(metrics, num_epochs, steps_per_epoch, steps_in_epoch)
         except KeyboardInterrupt:
             self.state["status"] = "interrupted"
             complete = min(len(metrics[key]) for key in _EVALUATIONS)
@@ -119,6 +150,22 @@ class TrainingLoop:
                 f"{num_epochs} epochs completed."
             )
         return metrics
+
+    def _epochs(self, metrics, num_epochs, steps_per_epoch, steps_in_epoch):
+        global_step = 0
+        for epoch in range(num_epochs + 1):
+            self.evaluate_all(epoch, metrics)
+            self._interrupts.check()
+            if epoch == num_epochs:
+                break
+            started = time.perf_counter()
+            global_step, finite = self._epoch(
+                metrics, epoch, num_epochs, global_step, steps_per_epoch, steps_in_epoch
+            )
+            if not finite:
+                self.abort(epoch, metrics)
+                break
+            self.state["epoch_seconds"].append(time.perf_counter() - started)
 
     def _epoch(self, metrics, epoch, num_epochs, global_step, steps_per_epoch, steps_in_epoch):
         """Train one epoch; return the global step and whether the loss stayed finite."""
@@ -158,6 +205,7 @@ class TrainingLoop:
                 except ArithmeticError as error:  # an optimizer refusing a non-finite update
                     self._diverged(global_step, epoch, step, str(error))
                     return global_step + 1, False
+                self._interrupts.check()
                 progress.update()
                 progress.set_postfix(loss=f"{loss:.4g}", refresh=False)
                 step += 1
