@@ -17,6 +17,7 @@ from backpack_core import config
 from backpack_core.derivatives.base import UnsupportedOperation
 from backpack_core.derivatives.io import ModuleIO
 from backpack_core.derivatives.parameter_layer import ParameterLayerDerivatives
+from backpack_core.reductions import row_gram
 
 _CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input}
 _CONV_INPUT[3] = torch.nn.grad.conv3d_input
@@ -176,7 +177,7 @@ class ConvolutionDerivatives(ParameterLayerDerivatives):
                 buffer = torch.empty(part.shape, dtype=x.dtype, device=x.device)
             buffer.copy_(part)
             rows = buffer.view(features, -1)
-            result = rows @ rows.T if result is None else result.addmm_(rows, rows.T)
+            result = row_gram(rows, out=result)
         return result
 
     def _shift_gram(self, io: ModuleIO) -> Tensor:

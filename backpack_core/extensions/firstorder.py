@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, einsum
 
 from backpack_core.extensions.base import BackpropExtension, ModuleContext
+from backpack_core.reductions import row_gram, squared_norms
 
 
 class BatchGrad(BackpropExtension):
@@ -77,14 +78,13 @@ def batch_l2(ctx: ModuleContext, name: str) -> Tensor:
         if factors is not None and _gram_form_is_cheaper(*factors):
             s, u = factors
             if s.dim() == 3:  # one position: ||s u^T||^2 = ||s||^2 ||u||^2
-                s_norms = torch.linalg.vector_norm(s, dim=2).square_()
-                return (s_norms * torch.linalg.vector_norm(u, dim=2).square_()).sum(1)
+                return (squared_norms(s) * squared_norms(u)).sum(1)
             s_gram = einsum("ngot,ngos->ngts", s, s)
             u_gram = einsum("ngct,ngcs->ngts", u, u)
             return (s_gram * u_gram).sum((1, 2, 3))
         if individual is None:
             individual = ctx.individual_gradients(name)
-        return torch.linalg.vector_norm(individual.flatten(1), dim=1).square()
+        return squared_norms(individual.flatten(1))
 
     return ctx.memo(("batch_l2", name), compute)
 
@@ -128,7 +128,12 @@ class SumGradSquared(BackpropExtension):
 
 
 class Variance(BackpropExtension):
-    """Variance of the individual gradients: ``p.variance = mean_n g_n^2 - (mean_n g_n)^2``."""
+    """Variance of the individual gradients: ``p.variance = mean_n g_n^2 - (mean_n g_n)^2``.
+
+    Computed by this formula (BackPACK's definition), which cancels: where the individual
+    gradients nearly agree, its round-off (a few units of the dtype's epsilon times
+    ``mean_n g_n^2``) can exceed the variance itself. Use float64 when such entries matter.
+    """
 
     savefield = "variance"
 
@@ -150,8 +155,7 @@ def batch_dot(ctx: ModuleContext, name: str) -> Tensor:
             return (torch.bmm(s, s.transpose(1, 2)) * torch.bmm(u, u.transpose(1, 2))).sum(0)
         if individual is None:
             individual = ctx.individual_gradients(name)
-        flat = individual.flatten(1)
-        return flat @ flat.T
+        return row_gram(individual.flatten(1))
 
     return ctx.memo(("batch_dot", name), compute)
 
