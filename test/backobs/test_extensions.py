@@ -183,6 +183,7 @@ def _close(actual, expected, scale=None):
 
 @pytest.fixture(scope="module", params=REFERENCE_PROBLEMS)
 def extended_with_reference(request):
+    torch.manual_seed(0)  # the net's initialisation, whatever ran before
     backobs.use_synthetic_data(True, seed=0)
     tproblem = make_problem(backobs.get_problem_class(request.param), batch_size=BATCH_SIZE)
     inputs, *rest = freeze_batch(tproblem)
