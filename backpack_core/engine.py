@@ -38,7 +38,7 @@ from backpack_core import _torch_private
 from backpack_core.derivatives import LossDerivatives, ModuleIO, derivatives_for
 from backpack_core.derivatives import autograd as autograd_fallback
 from backpack_core.derivatives.base import UnsupportedOperation
-from backpack_core.extensions.base import BackpropExtension
+from backpack_core.extensions.base import BackpropExtension, ModuleContext
 
 _EXTENDED = "_backpack_core_extended"
 
@@ -77,9 +77,11 @@ class _Record(ModuleIO):
         self.input_output_nr = x.output_nr
         grad_fn = self.input_grad_fn
         self.input_key = None if grad_fn is None else _edge_key(grad_fn, x.output_nr)
-        self.several_inputs = sum(
-            isinstance(x, Tensor) and x.requires_grad for x in inputs
-        ) > 1 and not isinstance(derivatives, LossDerivatives)
+        self.several_inputs = (
+            len(inputs) > 1
+            and sum(isinstance(x, Tensor) and x.requires_grad for x in inputs) > 1
+            and not isinstance(derivatives, LossDerivatives)
+        )
         self.pending = True
         self.plan: Optional[_Plan] = None
 
@@ -180,8 +182,6 @@ class _ActivePass:
                 f"{', '.join(_supported())}. Register its derivatives with "
                 "backpack_core.register_derivatives(...) or replace the layer."
             )
-        from backpack_core.extensions.base import ModuleContext
-
         ctx = ModuleContext(record, derivatives, grad_output, incoming, self.storing_extension)
         for extension in self.extensions:
             for name, param in params:
@@ -208,14 +208,15 @@ class _ActivePass:
     def _check_called_once(self, module: Module) -> None:
         """Refuse a module with parameters that this backward pass reaches twice."""
         task = _torch_private.graph_task_id()
-        if getattr(module, "_backpack_core_task", None) == task:
+        # the instance dictionary directly: nn.Module's __getattr__/__setattr__ are slow
+        if module.__dict__.get("_backpack_core_task") == task:
             raise NotImplementedError(
                 f"{self._names()}: {module} was called more than once in the graph this "
                 "backward pass differentiates (weight sharing); its per-parameter results "
                 "would need summing over the calls, which backpack_core does not do. Use a "
                 "separate module per call."
             )
-        module._backpack_core_task = task
+        module.__dict__["_backpack_core_task"] = task
 
     def _start(self, record: _Record, derivatives: LossDerivatives, grad_output: Tensor) -> None:
         if not self.quantities:
@@ -361,9 +362,11 @@ def _on_output_grad(record: _Record, grad_output: Tensor) -> None:
     if not record.pending:
         return
     try:
-        if _ACTIVE:
+        if _ACTIVE and torch.is_grad_enabled():  # backward(create_graph=True)
             with torch.no_grad():
                 _ACTIVE[-1].run(record, grad_output)
+        elif _ACTIVE:  # autograd runs hooks without gradients unless it builds a graph
+            _ACTIVE[-1].run(record, grad_output)
     finally:
         record.release()
 

@@ -104,7 +104,8 @@ class Derivatives:
             sum_batch: Sum over the samples.
 
         Returns:
-            ``[V, *p.shape]`` if ``sum_batch`` else ``[V, N, *p.shape]``.
+            ``[V, *p.shape]`` if ``sum_batch`` else ``[V, N, *p.shape]``, in a tensor of
+            its own (no view of ``mat``): callers may overwrite it in place.
         """
         raise UnsupportedOperation(f"{type(io.module).__name__} has no parameter derivatives")
 

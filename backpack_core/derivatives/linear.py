@@ -16,6 +16,13 @@ class LinearDerivatives(ParameterLayerDerivatives):
     def jac_t_mat_prod(self, io, mat):
         return mat @ io.module.weight
 
+    def param_jac_t_mat_prod(self, io, name, mat, sum_batch=True):
+        if name == "bias" and mat.dim() == 3:
+            # [V, N, out] on [N, in] inputs: the bias's Jacobian is the identity (a fresh
+            # tensor, as callers may overwrite the result)
+            return mat.sum(1) if sum_batch else mat.clone()
+        return super().param_jac_t_mat_prod(io, name, mat, sum_batch)
+
     def positions(self, io):
         return io.input_shape[1:-1].numel()
 

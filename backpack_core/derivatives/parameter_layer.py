@@ -129,7 +129,6 @@ class LayerView:
         groups: ``G``.
         positions: ``T``, the output positions that share the weight.
         kernel_taps: ``K``.
-        weight: The weight as ``[G, C_out/G, C_in/G * K]``.
     """
 
     def __init__(self, derivatives: ParameterLayerDerivatives, io: ModuleIO):
@@ -138,8 +137,12 @@ class LayerView:
         self.groups = derivatives.groups(io)
         self.positions = derivatives.positions(io)
         self.kernel_taps = derivatives.kernel_taps(io)
-        weight = io.module.weight
-        self.weight = weight.reshape(self.groups, weight.shape[0] // self.groups, -1)
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight as ``[G, C_out/G, C_in/G * K]``."""
+        weight = self.io.module.weight
+        return weight.reshape(self.groups, weight.shape[0] // self.groups, -1)
 
     @property
     def batch_size(self) -> int:

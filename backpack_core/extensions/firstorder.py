@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, einsum
 
 from backpack_core.extensions.base import BackpropExtension, ModuleContext
+from backpack_core.extensions.curvature import squared_outer_products
 from backpack_core.reductions import row_gram, squared_norms
 
 
@@ -108,7 +109,7 @@ def sum_grad_squared(ctx: ModuleContext, name: str) -> Tensor:
         if factors is not None and factors[0].dim() == 3:
             # one position: sum_n (s_n u_n^T)^2 = (s^2)^T (u^2), no [N, out, in] tensor
             s, u = factors
-            result = einsum("ngo,ngc->goc", s.square(), u.square())
+            result = squared_outer_products(s.square(), u.square(), sum_batch=True)
             return result.reshape(ctx.io.module.weight.shape)
         if individual is None:
             return ctx.individual_gradients_to_overwrite(name).square_().sum(0)

@@ -107,6 +107,8 @@ def test_parameter_jacobian_products_equal_vjp(case, sum_batch):
     for name in params:
         result = derivatives.param_jac_t_mat_prod(io, name, columns, sum_batch)
         assert_close(result, expected[name].sum(1) if sum_batch else expected[name])
+        # a tensor of its own: callers square it in place
+        assert result.untyped_storage().data_ptr() != columns.untyped_storage().data_ptr()
 
 
 def _as_conv1d(linear):
