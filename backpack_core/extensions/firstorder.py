@@ -70,16 +70,25 @@ def _gram_form_is_cheaper(s: Tensor, u: Tensor) -> bool:
     return positions * (out_features + in_features) < out_features * in_features
 
 
+def _one_position_column_norms(ctx: ModuleContext) -> Tensor:
+    """``||s_n||^2`` per sample and group, ``[N, G]``, of a one-position layer (memoised)."""
+    return ctx.memo("one_position_column_norms", lambda: squared_norms(_factors(ctx, "weight")[0]))
+
+
 def batch_l2(ctx: ModuleContext, name: str) -> Tensor:
     """Squared norms ``[N]`` of the individual gradients (memoised per module call)."""
 
     def compute():
         individual = ctx.individual_gradients_at_hand(name)
+        one_position = ctx.view is not None and ctx.view.positions == 1
+        if individual is None and name == "bias" and one_position:
+            # the individual bias gradients of a one-position layer are its columns
+            return _one_position_column_norms(ctx).sum(1)
         factors = _factors(ctx, name) if individual is None else None
         if factors is not None and _gram_form_is_cheaper(*factors):
             s, u = factors
             if s.dim() == 3:  # one position: ||s u^T||^2 = ||s||^2 ||u||^2
-                return (squared_norms(s) * squared_norms(u)).sum(1)
+                return (_one_position_column_norms(ctx) * squared_norms(u)).sum(1)
             s_gram = einsum("ngot,ngos->ngts", s, s)
             u_gram = einsum("ngct,ngcs->ngts", u, u)
             return (s_gram * u_gram).sum((1, 2, 3))

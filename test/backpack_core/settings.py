@@ -240,6 +240,13 @@ SETTINGS = [
         (3, 2, 3, 3),
     ),
     Setting(
+        "conv2d-one-position-groups-ce-sum",
+        lambda: nn.Sequential(nn.Conv2d(4, 6, 3, groups=2), nn.Flatten()),
+        (3, 4, 3, 3),
+        "ce",
+        "sum",
+    ),
+    Setting(
         "deep-linear-ce-mean",
         lambda: nn.Sequential(
             nn.Linear(6, 5), nn.Identity(), nn.Linear(5, 4), nn.Flatten(), nn.Linear(4, 3)

@@ -63,6 +63,7 @@ SINGLE_LAYER_IDS = [
 REFUSED = {
     ("conv2d-groups-ce-mean", "KFLR"): "Conv2d",
     ("conv2d-groups-nobias-rect-ce-sum", "KFLR"): "Conv2d",
+    ("conv2d-one-position-groups-ce-sum", "KFLR"): "Conv2d",
     ("linear-extradims-mse-mean", "KFRA"): "Linear",
 }
 MC_IDS = [
