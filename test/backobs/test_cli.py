@@ -1,10 +1,13 @@
 """The command lines as a user runs them: ``example/run.py`` and ``backobs run`` in subprocesses.
 
 Bad input ends with one line on stderr and exit code 2 before any work; Ctrl-C ends with
-exit code 130 and the completed epochs written; a diverged run leaves strict JSON.
+exit code 130 and the completed epochs written; a diverged run leaves strict JSON. The
+table of refusals runs in-process through the same ``main`` functions (a subprocess costs
+about 7 s of imports each); a few of its cases also run as subprocesses.
 """
 
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -76,10 +79,29 @@ BAD_RUN_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options, fragments", BAD_RUN_OPTIONS)
+@pytest.mark.parametrize("options, fragments", [BAD_RUN_OPTIONS[1], BAD_RUN_OPTIONS[10]])
 def test_run_script_refuses_bad_options_with_one_line(tmp_path, options, fragments):
+    """The script, in a subprocess: a check of ours and one of argparse's."""
     arguments = ["mnist_logreg", "--lr", "0.1", "--synthetic-data", *options]
     result = run(RUN_SCRIPT, *arguments, cwd=tmp_path)
+    assert_one_line_error(result, "run.py", *fragments)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("options, fragments", BAD_RUN_OPTIONS)
+def test_run_script_refusals_in_process(tmp_path, options, fragments, monkeypatch, capsys):
+    """Every refusal through the script's ``main``, without a Python start each."""
+    spec = importlib.util.spec_from_file_location("run_script", RUN_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        sys, "argv", ["run.py", "mnist_logreg", "--lr", "0.1", "--synthetic-data", *options]
+    )
+    with pytest.raises(SystemExit) as exit:
+        script.main()
+    captured = capsys.readouterr()
+    result = subprocess.CompletedProcess(sys.argv, exit.value.code, captured.out, captured.err)
     assert_one_line_error(result, "run.py", *fragments)
     assert not (tmp_path / "results").exists()
 
@@ -113,20 +135,39 @@ def test_help_is_true(tmp_path):
     assert "(default: 10; with --full: all)" in text
 
 
+BAD_BACKOBS_RUNS = [
+    (["mnist_logreg", "--optimizer", "newton", "--lr", "1"], ["--optimizer", "newton"]),
+    (["mnist_logreg", "--optimizer", "kfac", "--lr", "-1"], ["lr must be >= 0"]),
+    (["mnist_logreg", "--optimizer", "kfac", "--lr", "1", "--damping", "nan"], ["damping"]),
+    (["mnist_logreg", "--optimizer", "sgd"], ["--lr"]),
+    (["mnist_vae", "--optimizer", "sgd", "--lr", "1"], ["mnist_vae is not supported"]),
+    (["cifar10_3c3d", "--optimizer", "sgd", "--lr", "1"], ["l2", "--l2_reg 0.0"]),
+]
+
+
 def test_backobs_run_refuses_bad_input_with_one_line(tmp_path):
-    cases = [
-        (["mnist_logreg", "--optimizer", "newton", "--lr", "1"], ["--optimizer", "newton"]),
-        (["mnist_logreg", "--optimizer", "kfac", "--lr", "-1"], ["lr must be >= 0"]),
-        (["mnist_logreg", "--optimizer", "kfac", "--lr", "1", "--damping", "nan"], ["damping"]),
-        (["mnist_logreg", "--optimizer", "sgd"], ["--lr"]),
-        (["mnist_vae", "--optimizer", "sgd", "--lr", "1"], ["mnist_vae is not supported"]),
-        (["cifar10_3c3d", "--optimizer", "sgd", "--lr", "1"], ["l2", "--l2_reg 0.0"]),
-    ]
-    for arguments, fragments in cases:
-        result = run("backobs", "run", *arguments, "--synthetic-data", cwd=tmp_path)
-        assert_one_line_error(result, "backobs run", *fragments)
-    result = run("backobs", "sweep", cwd=tmp_path)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    """The console command, in a subprocess: one case (the others run in-process below)."""
+    arguments, fragments = BAD_BACKOBS_RUNS[0]
+    result = run("backobs", "run", *arguments, "--synthetic-data", cwd=tmp_path)
+    assert_one_line_error(result, "backobs run", *fragments)
+
+
+@pytest.mark.parametrize("arguments, fragments", BAD_BACKOBS_RUNS + [(None, [])])
+def test_backobs_refusals_in_process(arguments, fragments, tmp_path, monkeypatch, capsys):
+    """``backobs.cli.main``, which the console script calls, without a Python start each."""
+    from backobs import cli
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep"] if arguments is None else ["run", *arguments, "--synthetic-data"]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    captured = capsys.readouterr()
+    result = subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+    prog = "backobs sweep" if arguments is None else "backobs run"
+    assert_one_line_error(result, prog, *fragments)
+    assert not (tmp_path / "results").exists()
 
 
 def test_backobs_run_trains_with_the_optimizers_extensions(tmp_path):
