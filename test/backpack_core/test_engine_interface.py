@@ -130,6 +130,25 @@ def test_backpack_without_extensions_is_a_plain_backward():
         assert not hasattr(p, "grad_batch")
 
 
+def test_backward_with_create_graph_gives_the_same_values_without_a_graph():
+    """Extension values carry no graph, also when the backward pass builds one.
+
+    Autograd runs hooks with gradients on only for ``create_graph=True``; the engine then
+    computes under ``no_grad`` itself.
+    """
+    values = []
+    for create_graph in (False, True):
+        model, lossfunc, X, y = _linear_problem()
+        model, lossfunc = extend(model), extend(lossfunc)
+        with backpack(BatchGrad(), DiagGGNExact()):
+            lossfunc(model(X), y).backward(create_graph=create_graph)
+        values.append([(p.grad_batch, p.diag_ggn_exact) for p in model.parameters()])
+    for plain, with_graph in zip(*values):
+        for expected, actual in zip(plain, with_graph):
+            assert not actual.requires_grad and actual.grad_fn is None
+            assert_close(actual, expected)
+
+
 def test_only_the_backward_pass_inside_backpack_counts():
     model, lossfunc, X, y = _linear_problem()
     model, lossfunc = extend(model), extend(lossfunc)
