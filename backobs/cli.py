@@ -13,7 +13,7 @@ Examples:
 import argparse
 import sys
 
-from backobs import options
+from backobs.runs import options
 
 __all__ = ["main", "build_parser"]
 
@@ -58,7 +58,7 @@ def _add_run_parser(subparsers, argv):
 
 def _run_command(args):
     from backobs import optim
-    from backobs.runs import make_runner
+    from backobs.runs.run import make_runner
 
     hyperparameters = args.hyperparameter_names
     del args.hyperparameter_names
@@ -129,7 +129,7 @@ def main(argv=None):
 
 
 def _data_unavailable():
-    from backobs.data import DataUnavailableError
+    from backobs.adapter.data import DataUnavailableError
 
     return DataUnavailableError
 

@@ -29,7 +29,7 @@ Messy folders are reported, not fatal: a setting with a diverged seed (``"status
 after an abort) is ranked after all others and marked; a setting with fewer seeds than the
 problem's others is marked; an unreadable or foreign JSON file, and an interrupted run, is
 left out with a one-line warning on stderr naming it. A folder without any results is an
-:class:`~backobs.options.OptionError`.
+:class:`~backobs.runs.options.OptionError`.
 
 Nothing here imports DeepOBS (or TensorFlow); the figures are drawn with matplotlib's
 object-oriented API on the Agg canvas, without ``pyplot``, so no global backend is changed.
@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from backobs.options import (
+from backobs.checks import (
     OptionError,
     check_readable_directory,
     check_writable_directory,

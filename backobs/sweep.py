@@ -12,7 +12,7 @@ hyperparameters, seeds and the training settings of ``backobs run``::
     output_dir: results
 
 Every list is a grid axis and a scalar is fixed; :func:`load_sweep` checks all of it before
-anything runs and raises one :class:`~backobs.options.OptionError` naming the file, the key
+anything runs and raises one :class:`~backobs.runs.options.OptionError` naming the file, the key
 and what it accepts. :meth:`Sweep.runs` expands the grid into :class:`backobs.runs.Run`
 objects; :func:`execute_runs` hands them to a Dask client (a ``LocalCluster`` by default, any
 scheduler with ``--scheduler``), skips the runs whose results file exists, and appends one
@@ -46,8 +46,10 @@ from datetime import datetime, timezone
 import yaml
 from tqdm import tqdm
 
-from backobs import optim, options, problems, runs
-from backobs.options import OptionError
+from backobs import optim, runs
+from backobs.adapter import problems
+from backobs.checks import OptionError
+from backobs.runs import options
 
 __all__ = [
     "Sweep",
@@ -400,7 +402,7 @@ def _parse_settings(data, fail):
         extensions = [extensions]
     if not isinstance(extensions, list):
         fail("extensions", f"must be {SPEC_KEYS['extensions']}, got {extensions!r}")
-    from backobs.runner import EXTENSION_NAMES
+    from backobs.runs.runner import EXTENSION_NAMES
 
     for name in extensions:
         if name not in EXTENSION_NAMES:

@@ -1,7 +1,7 @@
 """The benchmark's nets and data: DeepOBS 1.1.2 nets on random data.
 
 Every net comes from DeepOBS's PyTorch test-problem modules, imported through
-``backobs._deepobs`` (TensorFlow-free), with DeepOBS's own ``flatten`` module replaced by
+``backobs.adapter.deepobs`` (TensorFlow-free), with DeepOBS's own ``flatten`` module replaced by
 ``torch.nn.Flatten`` (BackPACK's second-order extensions refuse DeepOBS's; the same swap is
 done for every library so that the comparison is like for like).
 """
@@ -32,7 +32,7 @@ def build_net(spec: NetSpec, seed: int = 0) -> nn.Module:
     Returns:
         The net, in training mode.
     """
-    from backobs._deepobs import pytorch
+    from backobs.adapter.deepobs import pytorch
 
     modules = pytorch.testproblems.testproblems_modules
     torch.manual_seed(seed)

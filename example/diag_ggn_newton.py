@@ -21,7 +21,7 @@ Examples:
 """
 
 from backobs.optim import DampedNewton
-from backobs.runner import BackpackRunner
+from backobs.runs.runner import BackpackRunner
 from backpack_core.extensions import DiagGGNMC
 
 

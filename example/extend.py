@@ -14,7 +14,7 @@ import argparse
 import sys
 
 import backobs
-from backobs._deepobs import testproblems
+from backobs.adapter.deepobs import testproblems
 from backpack_core import backpack
 from backpack_core.extensions import (
     KFAC,
@@ -79,7 +79,7 @@ def set_up_mnist_logreg(batch_size, synthetic_data=False):
     if synthetic_data:
         backobs.use_synthetic_data()
     # Route DeepOBS's data sets through BackOBS: one clear error when MNIST is missing.
-    backobs.data.install()
+    backobs.adapter.data.install()
     tproblem = testproblems.mnist_logreg(batch_size=batch_size)
     try:
         tproblem.set_up()

@@ -4,7 +4,7 @@ The command line is DeepOBS's (problem name, ``--lr``, ``--momentum``, ``--batch
 ``--num_epochs``, ``--random_seed``, ``--data_dir``, ``--output_dir``, ``--weight_decay``
 ...) plus BackOBS's options (``--extensions``, ``--l2_reg``, ``--synthetic-data``,
 ``--steps-per-epoch``, ``--eval-batches``, ``--log-interval``, ``--device``), defined once
-in :mod:`backobs.options` and shared with ``backobs run``; ``--help`` lists them all. Every
+in :mod:`backobs.runs.options` and shared with ``backobs run``; ``--help`` lists them all. Every
 value is checked before any work (one line on stderr, exit code 2); Ctrl-C writes the
 completed epochs and exits with code 130.
 
@@ -22,7 +22,7 @@ Examples:
 
 from torch.optim import SGD
 
-from backobs.runner import BackpackRunner
+from backobs.runs.runner import BackpackRunner
 
 SGD_HYPERPARAMETERS = {
     "lr": {"type": float, "help": "Learning rate."},

@@ -26,7 +26,7 @@ def test_backobs_imports_without_tensorflow():
         sys.modules["tensorflow"] = None
         import backobs
         import backpack_core
-        from backobs import _deepobs
+        from backobs.adapter import deepobs as _deepobs
         assert sys.modules["tensorflow"] is None
         assert hasattr(_deepobs.testproblems, "mnist_logreg")
         assert hasattr(_deepobs.runners, "StandardRunner")
@@ -43,7 +43,7 @@ def test_importing_backobs_changes_nothing_in_deepobs():
         import importlib
         import torchvision
         import backobs
-        from backobs import _deepobs
+        from backobs.adapter import deepobs as _deepobs
         assert not hasattr(_deepobs.testproblems, "fmnist_logreg")
         for name in ("mnist", "fmnist", "cifar10", "cifar100", "svhn"):
             module = importlib.import_module("deepobs.pytorch.datasets." + name)
@@ -70,7 +70,7 @@ def test_deepobs_already_imported_is_reused():
         already = types.ModuleType("deepobs")
         already.__path__ = list(spec.submodule_search_locations)
         sys.modules["deepobs"] = already
-        from backobs import _deepobs
+        from backobs.adapter import deepobs as _deepobs
         assert _deepobs.deepobs is already
         assert _deepobs.pytorch.testproblems.mnist_logreg.__name__ == "mnist_logreg"
         print("ok")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import backobs
-from backobs import data
+from backobs.adapter import data
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import backobs
-from backobs import _deepobs, data
+from backobs.adapter import data
+from backobs.adapter import deepobs as _deepobs
 
 # DeepOBS data set class -> (torchvision name, train size, test size, image shape, classes,
 # train-eval/validation size)
@@ -111,7 +112,7 @@ def test_switch_and_environment_variable(monkeypatch):
 def test_environment_variable_in_a_fresh_process(tmp_path):
     code = (
         "import backobs\n"
-        "from backobs import _deepobs\n"
+        "from backobs.adapter import deepobs as _deepobs\n"
         f"_deepobs.config.set_data_dir({str(tmp_path)!r})\n"
         "p = backobs.get_problem_class('mnist_logreg')(4)\n"
         "p.set_up(); p.train_init_op()\n"

@@ -58,7 +58,7 @@ def test_active_l2_raises_with_factor_and_fix(problem_class):
     tproblem.set_up()
     with pytest.raises(NotImplementedError) as error:
         backobs.extend_problem(tproblem)
-    factor = backobs.problems.default_l2_factor(problem_class)
+    factor = backobs.adapter.problems.default_l2_factor(problem_class)
     assert str(factor) in str(error.value)
     assert "--l2_reg 0.0" in str(error.value)
     assert "weight decay 0" in str(error.value)
@@ -89,7 +89,7 @@ def test_problem_not_set_up_raises():
 def test_deepobs_flatten_is_replaced():
     tproblem = make_problem(backobs.get_problem_class("cifar100_allcnnc"))
     backobs.extend_problem(tproblem)
-    flatten_class = backobs._deepobs.testproblems.testproblems_utils.flatten
+    flatten_class = backobs.adapter.deepobs.testproblems.testproblems_utils.flatten
     assert not any(isinstance(m, flatten_class) for m in tproblem.net.modules())
     assert any(isinstance(m, torch.nn.Flatten) for m in tproblem.net.modules())
 

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from backobs.training import _Interrupts
+from backobs.runs.training import _Interrupts
 
 
 class _Thing:

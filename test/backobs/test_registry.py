@@ -3,8 +3,8 @@
 import pytest
 
 import backobs
-from backobs import _deepobs
-from backobs.problems import default_l2_factor
+from backobs.adapter import deepobs as _deepobs
+from backobs.adapter.problems import default_l2_factor
 
 NEW_PROBLEMS = [
     "fmnist_logreg",
@@ -62,7 +62,7 @@ def test_support_table_matches_groups():
 
 def test_get_problem_class():
     assert backobs.get_problem_class("mnist_logreg") is _deepobs.testproblems.mnist_logreg
-    assert backobs.get_problem_class("quadratic_deep").__module__ == "backobs.testproblems"
+    assert backobs.get_problem_class("quadratic_deep").__module__ == "backobs.adapter.testproblems"
     with pytest.raises(ValueError, match="Known problems: .*mnist_logreg"):
         backobs.get_problem_class("mnist_resnet")
 

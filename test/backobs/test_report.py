@@ -20,7 +20,7 @@ import torch
 from matplotlib.image import imread
 
 from backobs import report
-from backobs.options import OptionError
+from backobs.runs.options import OptionError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -427,7 +427,7 @@ def assert_png(path):
 
 
 def run_backpack_runner(output_dir, optimizer_class, hyperparams, seed):
-    from backobs.runner import BackpackRunner
+    from backobs.runs.runner import BackpackRunner
 
     names = {name: {"type": float} for name in hyperparams}
     runner = BackpackRunner(optimizer_class, names)
@@ -439,7 +439,7 @@ def run_backpack_runner(output_dir, optimizer_class, hyperparams, seed):
 
 
 def run_deepobs_standard_runner(output_dir, lr):
-    from backobs._deepobs import runners
+    from backobs.adapter.deepobs import runners
 
     runner = runners.StandardRunner(torch.optim.SGD, {"lr": {"type": float}})
     return runner.run(
@@ -452,7 +452,7 @@ def run_deepobs_standard_runner(output_dir, lr):
 def runner_results(tmp_path_factory):
     """Two optimizers of BackOBS's runner on mnist_logreg, DeepOBS's on quadratic_deep."""
     import backobs
-    from backobs import data
+    from backobs.adapter import data
 
     output_dir = tmp_path_factory.mktemp("runner_results")
     argv = sys.argv

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.optim import SGD
 
-from backobs.options import OptionError
-from backobs.runner import BackpackRunner
-from backobs.steplog import summarize_quantity
+from backobs.runs.options import OptionError
+from backobs.runs.runner import BackpackRunner
+from backobs.runs.steplog import summarize_quantity
 
 SGD_HYPERPARAMETERS = {"lr": {"type": float}, "momentum": {"type": float, "default": 0.0}}
 DEEPOBS_KEYS = {
@@ -261,7 +261,7 @@ def test_interrupt_writes_completed_epochs_and_reraises(monkeypatch, tmp_path, c
 
 
 def test_synthetic_data_does_not_leak_into_the_next_run(monkeypatch, tmp_path):
-    from backobs import data
+    from backobs.adapter import data
 
     monkeypatch.delenv("BACKOBS_SYNTHETIC_DATA")
     data._reset_synthetic_switch()
@@ -307,7 +307,7 @@ def test_main_ends_configuration_errors_with_one_line(monkeypatch, capsys, probl
 
 
 def test_device_and_data_dir_are_restored_after_a_run(tmp_path):
-    from backobs import _deepobs
+    from backobs.adapter import deepobs as _deepobs
 
     device, data_dir = _deepobs.pytorch.config.get_default_device(), _deepobs.config.get_data_dir()
     BackpackRunner(SGD, SGD_HYPERPARAMETERS).run(

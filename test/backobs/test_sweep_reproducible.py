@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 import backobs
-from backobs import _deepobs, runs, sweep
+from backobs import runs, sweep
+from backobs.adapter import deepobs as _deepobs
 
 
 def _first_instance_hessian_of_a_fresh_process(tmp_path):
@@ -24,7 +25,7 @@ def _first_instance_hessian_of_a_fresh_process(tmp_path):
     target = tmp_path / "hessian.npy"
     code = f"""
         import numpy as np
-        from backobs import _deepobs
+        from backobs.adapter import deepobs as _deepobs
         tproblem = _deepobs.testproblems.quadratic_deep(4)
         tproblem.set_up()
         np.save({str(target)!r}, tproblem.net.Hessian.cpu().numpy())

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from backobs import runs, sweep
-from backobs.options import OptionError
+from backobs.runs.options import OptionError
 
 TINY = {
     "batch_size": 4,

@@ -5,8 +5,8 @@ import torch
 from problem_helpers import HEAVY, make_problem
 
 import backobs
-from backobs import _deepobs
-from backobs import testproblems as problems
+from backobs.adapter import deepobs as _deepobs
+from backobs.adapter import testproblems as problems
 
 # name -> (data set class, input shape, outputs, number of parameter tensors, default l2)
 NEW_PROBLEMS = {
@@ -28,7 +28,7 @@ NEW_PROBLEMS = {
 def test_new_problem_matches_deepobs_description(name):
     dataset, input_shape, outputs, parameter_tensors, l2 = NEW_PROBLEMS[name]
     problem_class = backobs.get_problem_class(name)
-    assert backobs.problems.default_l2_factor(problem_class) == l2
+    assert backobs.adapter.problems.default_l2_factor(problem_class) == l2
     tproblem = problem_class(2) if l2 is None else problem_class(2, 0.001)
     tproblem.set_up()
     assert type(tproblem.data).__name__ == dataset

@@ -7,7 +7,7 @@ import torch
 from example_loader import load_example
 
 from backobs import extend_problem
-from backobs._deepobs import testproblems
+from backobs.adapter.deepobs import testproblems
 from backpack_core import backpack
 from backpack_core.extensions import DiagGGNMC
 

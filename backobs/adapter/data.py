@@ -30,7 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as torchvision_datasets
 
-from backobs import _deepobs
+from backobs.adapter import deepobs as _deepobs
 
 __all__ = [
     "DataUnavailableError",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backobs import _deepobs
+from backobs.adapter import deepobs as _deepobs
 
 __all__ = [
     "fmnist_logreg",

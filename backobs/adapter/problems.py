@@ -8,8 +8,8 @@ whose default l2 factor is positive (they work when constructed with weight deca
 import inspect
 from collections import namedtuple
 
-from backobs import _deepobs
-from backobs import testproblems as _backobs_problems
+from backobs.adapter import deepobs as _deepobs
+from backobs.adapter import testproblems as _backobs_problems
 
 __all__ = [
     "ALL",

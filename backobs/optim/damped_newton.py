@@ -1,4 +1,4 @@
-"""Optimizers to benchmark: damped Newton steps on the curvatures of ``backpack_core``.
+"""Damped Newton steps on the curvatures of ``backpack_core``.
 
 :class:`DampedNewton` is the family that the BackPACK paper (Dangel, Kunstner & Hennig,
 ICLR 2020) benchmarked on DeepOBS: ``θ ← θ − lr · (C + damping·I)⁻¹ ∇L`` with ``C`` one of
@@ -13,37 +13,20 @@ ICLR 2020) benchmarked on DeepOBS: ``θ ← θ − lr · (C + damping·I)⁻¹ �
 The optimizer reads the quantity from each parameter in ``step()``, so the backward pass
 before it must run inside ``with backpack(*optimizer.extensions()):``; it works on any model
 extended with :func:`backpack_core.extend`, in the runner or in a loop of your own.
-
-:data:`OPTIMIZERS` is the registry that ``backobs run --optimizer NAME`` uses: these six and
-the first-order baselines ``"sgd"``, ``"momentum"`` and ``"adam"`` (``torch.optim`` with
-DeepOBS's hyperparameter names), each with its hyperparameters in DeepOBS's format.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from backobs.optim.hyperparameters import HYPERPARAMETER_TYPES, KFAC_APPROXIMATIONS, check_value
 from backpack_core.extensions import KFAC, KFLR, KFRA, DiagGGNExact, DiagGGNMC
 
-__all__ = [
-    "CURVATURES",
-    "KFAC_APPROXIMATIONS",
-    "DampedNewton",
-    "NonFiniteUpdateError",
-    "OPTIMIZERS",
-    "OptimizerSpec",
-    "check_hyperparameters",
-    "make_optimizer",
-    "required_extensions",
-]
+__all__ = ["CURVATURES", "KFAC_APPROXIMATIONS", "DampedNewton", "NonFiniteUpdateError"]
 
 CURVATURES = ("diag_ggn_exact", "diag_ggn_mc", "kfac", "kflr", "kfra", "zero")
 """The curvature names :class:`DampedNewton` accepts."""
 
-KFAC_APPROXIMATIONS = ("backpack", "expand", "reduce")
-"""Conventions of KFAC and KFLR for layers with weight sharing (convolutions)."""
 
 _DIAGONAL = ("diag_ggn_exact", "diag_ggn_mc")
 _KRONECKER = ("kfac", "kflr", "kfra")
@@ -151,7 +134,7 @@ class DampedNewton(torch.optim.Optimizer):
             "mc_samples": mc_samples,
         }
         for name, value in values.items():
-            values[name] = _check_value(name, value, _HYPERPARAMETER_TYPES[name])
+            values[name] = check_value(name, value, HYPERPARAMETER_TYPES[name])
         self.curvature = curvature
         self.kfac_approx = values.pop("kfac_approx")
         self.mc_samples = values.pop("mc_samples")
@@ -382,231 +365,3 @@ def _inverse(factor, shift, dtype):
         eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
         inverse = (eigenvectors / (eigenvalues.clamp(min=0) + shift)) @ eigenvectors.T
     return inverse.to(dtype)
-
-
-# ---------------------------------------------------------------------------------------
-# The registry
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    """An optimizer as ``backobs run`` knows it.
-
-    Attributes:
-        name (str): The name given to ``--optimizer`` (also the results folder's name).
-        hyperparameters (dict): DeepOBS's format, e.g. ``{"lr": {"type": float},
-            "damping": {"type": float, "default": 1e-3}}``; an entry without ``"default"``
-            is required.
-        build (Callable): ``build(params, **hyperparameters)`` returns the
-            ``torch.optim.Optimizer``.
-        description (str): One line for help texts.
-    """
-
-    name: str
-    hyperparameters: dict
-    build: Callable
-    description: str
-
-
-def _nonnegative(value):
-    return value >= 0, "must be >= 0"
-
-
-def _positive(value):
-    return value > 0, "must be > 0"
-
-
-def _unit_interval(value):
-    return 0 <= value < 1, "must be in [0, 1)"
-
-
-def _one_of(choices):
-    def check(value):
-        return value in choices, f"must be one of {', '.join(choices)}"
-
-    return check
-
-
-_RANGES = {
-    "lr": _nonnegative,
-    "damping": _positive,
-    "momentum": _unit_interval,
-    "beta1": _unit_interval,
-    "beta2": _unit_interval,
-    "epsilon": _nonnegative,
-    "ema_decay": _unit_interval,
-    "inverse_interval": _positive,
-    "mc_samples": _positive,
-    "kfac_approx": _one_of(KFAC_APPROXIMATIONS),
-}
-
-_HYPERPARAMETER_TYPES = {
-    "lr": float,
-    "damping": float,
-    "ema_decay": float,
-    "inverse_interval": int,
-    "kfac_approx": str,
-    "mc_samples": int,
-}
-
-
-def _check_value(name, value, kind):
-    """``value`` converted to ``kind`` and checked against the range of ``name``."""
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"hyperparameter {name} must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"hyperparameter {name} must be finite, got {value!r}")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"hyperparameter {name} must be an integer, got {value!r}")
-    elif kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"hyperparameter {name} must be True or False, got {value!r}")
-    elif not isinstance(value, kind):
-        raise ValueError(f"hyperparameter {name} must be a {kind.__name__}, got {value!r}")
-    if name in _RANGES:
-        valid, requirement = _RANGES[name](value)
-        if not valid:
-            raise ValueError(f"hyperparameter {name} {requirement}, got {value!r}")
-    return value
-
-
-def _sgd(params, lr):
-    return torch.optim.SGD(params, lr=lr)
-
-
-def _momentum(params, lr, momentum, nesterov):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov)
-
-
-def _adam(params, lr, beta1, beta2, epsilon):
-    return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=epsilon)
-
-
-def _damped_newton(curvature):
-    def build(params, **hyperparameters):
-        return DampedNewton(params, curvature, **hyperparameters)
-
-    return build
-
-
-def _curvature_spec(curvature, description):
-    hyperparameters = {"lr": {"type": float}, "damping": {"type": float, "default": 1e-3}}
-    if curvature != "zero":
-        hyperparameters["ema_decay"] = {"type": float, "default": 0.0}
-        hyperparameters["inverse_interval"] = {"type": int, "default": 1}
-    if curvature in _MONTE_CARLO:
-        hyperparameters["mc_samples"] = {"type": int, "default": 1}
-    if curvature in ("kfac", "kflr"):
-        hyperparameters["kfac_approx"] = {"type": str, "default": "expand"}
-    return OptimizerSpec(curvature, hyperparameters, _damped_newton(curvature), description)
-
-
-OPTIMIZERS = {
-    "sgd": OptimizerSpec("sgd", {"lr": {"type": float}}, _sgd, "torch.optim.SGD without momentum"),
-    "momentum": OptimizerSpec(
-        "momentum",
-        {
-            "lr": {"type": float},
-            "momentum": {"type": float, "default": 0.99},
-            "nesterov": {"type": bool, "default": False},
-        },
-        _momentum,
-        "torch.optim.SGD with (heavy-ball or Nesterov) momentum",
-    ),
-    "adam": OptimizerSpec(
-        "adam",
-        {
-            "lr": {"type": float},
-            "beta1": {"type": float, "default": 0.9},
-            "beta2": {"type": float, "default": 0.999},
-            "epsilon": {"type": float, "default": 1e-8},
-        },
-        _adam,
-        "torch.optim.Adam (betas=(beta1, beta2), eps=epsilon)",
-    ),
-    "diag_ggn_exact": _curvature_spec(
-        "diag_ggn_exact", "damped Newton with the exact GGN diagonal (DiagGGNExact)"
-    ),
-    "diag_ggn_mc": _curvature_spec(
-        "diag_ggn_mc", "damped Newton with the Monte-Carlo GGN diagonal (DiagGGNMC)"
-    ),
-    "kfac": _curvature_spec("kfac", "damped Newton with KFAC's Kronecker factors"),
-    "kflr": _curvature_spec("kflr", "damped Newton with KFLR's Kronecker factors"),
-    "kfra": _curvature_spec("kfra", "damped Newton with KFRA's Kronecker factors"),
-    "zero": _curvature_spec("zero", "C = 0: SGD with the step lr / damping (a control)"),
-}
-"""Every optimizer ``backobs run --optimizer NAME`` accepts, by name."""
-
-
-def _spec(name):
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
-
-
-def check_hyperparameters(name, hyperparams):
-    """Validate an optimizer's hyperparameters and fill in the defaults.
-
-    Args:
-        name (str): A key of :data:`OPTIMIZERS`.
-        hyperparams (dict): Hyperparameter values by name.
-
-    Returns:
-        dict: Every hyperparameter of the optimizer, given or default, converted to its type.
-
-    Raises:
-        ValueError: For an unknown optimizer, an unknown or missing hyperparameter, or a
-            value of the wrong type, out of range or not finite; the message names it and
-            what it accepts.
-    """
-    spec = _spec(name)
-    unknown = sorted(set(hyperparams) - set(spec.hyperparameters))
-    if unknown:
-        raise ValueError(
-            f"optimizer {name!r} has no hyperparameter {unknown[0]!r}; its hyperparameters "
-            f"are {', '.join(spec.hyperparameters)}"
-        )
-    checked = {}
-    for hyperparameter, entry in spec.hyperparameters.items():
-        if hyperparameter in hyperparams:
-            value = hyperparams[hyperparameter]
-        elif "default" in entry:
-            value = entry["default"]
-        else:
-            raise ValueError(f"optimizer {name!r} needs the hyperparameter {hyperparameter}")
-        checked[hyperparameter] = _check_value(hyperparameter, value, entry["type"])
-    return checked
-
-
-def make_optimizer(name, params, **hyperparams):
-    """Build the optimizer ``name`` of :data:`OPTIMIZERS` on ``params``.
-
-    Args:
-        name (str): E.g. ``"kfac"`` or ``"sgd"``.
-        params: Parameters or parameter groups.
-        **hyperparams: Its hyperparameters (defaults fill the missing ones).
-
-    Returns:
-        torch.optim.Optimizer: The optimizer.
-
-    Raises:
-        ValueError: See :func:`check_hyperparameters`.
-    """
-    return _spec(name).build(params, **check_hyperparameters(name, hyperparams))
-
-
-def required_extensions(optimizer):
-    """The extensions the optimizer's next step needs: ``optimizer.extensions()``, or ``[]``.
-
-    Args:
-        optimizer: Any ``torch.optim.Optimizer``.
-
-    Returns:
-        list: Fresh extension instances.
-    """
-    extensions = getattr(optimizer, "extensions", None)
-    return list(extensions()) if callable(extensions) else []

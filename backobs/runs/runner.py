@@ -9,7 +9,7 @@ random_seed__<seed>__<date>.json``). What it adds:
   training backward pass runs inside ``backpack(*extensions)``; the optimizer's ``step()``
   runs while the quantities are on the parameters, so a second-order optimizer can read them;
 - a log of the extension outputs for every step beside the results file
-  (``<results file stem>.steps.jsonl``, see :mod:`backobs.steplog`);
+  (``<results file stem>.steps.jsonl``, see :mod:`backobs.runs.steplog`);
 - extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
   ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps)
   and ``synthetic_data``. Results are strict JSON (a non-finite number is ``null``) and
@@ -17,7 +17,7 @@ random_seed__<seed>__<date>.json``). What it adds:
 - Ctrl-C ends the run with the completed epochs written (``status: "interrupted"``), then
   re-raises :class:`KeyboardInterrupt` (:meth:`BackpackRunner.main` turns it into exit
   code 130);
-- its options (:mod:`backobs.options`) are checked before any work.
+- its options (:mod:`backobs.runs.options`) are checked before any work.
 """
 
 import importlib
@@ -28,10 +28,11 @@ import warnings
 from contextlib import contextmanager
 
 import backobs
-from backobs import _deepobs, options
-from backobs import data as data_sources
-from backobs.steplog import StepLog, write_json_atomically
-from backobs.training import METRICS, TrainingLoop
+from backobs.adapter import data as data_sources
+from backobs.adapter import deepobs as _deepobs
+from backobs.runs import options
+from backobs.runs.steplog import StepLog, write_json_atomically
+from backobs.runs.training import METRICS, TrainingLoop
 from backpack_core import extensions as extensions_module
 
 __all__ = ["BackpackRunner", "EXTENSION_NAMES"]
@@ -121,7 +122,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             sys.exit(130)
 
     def parse_command_line(self, argv=None, prog=None):
-        """Parse a run's command line (see :mod:`backobs.options`).
+        """Parse a run's command line (see :mod:`backobs.runs.options`).
 
         Args:
             argv (list[str], optional): The arguments (default: ``sys.argv[1:]``).
@@ -171,7 +172,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             dict: The results, as written to the results file; ``None`` if skipped.
 
         Raises:
-            backobs.options.OptionError: A setting is invalid (checked before any work).
+            backobs.runs.options.OptionError: A setting is invalid (checked before any work).
             KeyboardInterrupt: After an interrupted run's results were written.
         """
         if testproblem is None:

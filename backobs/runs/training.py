@@ -1,6 +1,6 @@
 """The training loop of a run: epochs of steps with extensions, divergence and Ctrl-C.
 
-:class:`TrainingLoop` is what :class:`backobs.runner.BackpackRunner` runs between its set-up
+:class:`TrainingLoop` is what :class:`backobs.runs.runner.BackpackRunner` runs between its set-up
 and its results file; it knows nothing of command lines or files but the step log.
 
 - every training backward pass runs inside ``backpack(*extensions)`` and the optimizer's

@@ -85,7 +85,7 @@ class Run:
 
 
 def make_runner(optimizer_name, progress_bar=False):
-    """The :class:`~backobs.runner.BackpackRunner` for one of ``backobs.optim``'s optimizers.
+    """The :class:`~backobs.runs.runner.BackpackRunner` for one of ``backobs.optim``'s optimizers.
 
     The optimizer's own extensions (e.g. KFAC's factors for ``"kfac"``) are active in every
     step; its results folder is named after it.
@@ -98,10 +98,11 @@ def make_runner(optimizer_name, progress_bar=False):
         BackpackRunner: The runner.
 
     Raises:
-        backobs.options.OptionError: For an unknown optimizer name.
+        backobs.runs.options.OptionError: For an unknown optimizer name.
     """
-    from backobs import optim, options
-    from backobs.runner import BackpackRunner
+    from backobs import optim
+    from backobs.runs import options
+    from backobs.runs.runner import BackpackRunner
 
     if optimizer_name not in optim.OPTIMIZERS:
         raise options.OptionError(
@@ -153,7 +154,7 @@ def _runner_arguments(run):
 
 
 def _regularized(problem):
-    from backobs import problems
+    from backobs.adapter import problems
 
     try:
         return (problems.default_l2_factor(problems.get_problem_class(problem)) or 0.0) > 0.0
@@ -163,7 +164,8 @@ def _regularized(problem):
 
 def _checked_arguments(run):
     """The runner and its arguments, validated as ``backobs run`` validates them."""
-    from backobs import optim, options
+    from backobs import optim
+    from backobs.runs import options
 
     runner = make_runner(run.optimizer)
     arguments = _runner_arguments(run)
@@ -184,7 +186,7 @@ def settings_directory(run):
     Returns:
         str: ``<output_dir>/<problem>/<optimizer>/<settings folder>``.
     """
-    from backobs import _deepobs
+    from backobs.adapter import deepobs as _deepobs
 
     runner, arguments = _checked_arguments(run)
     batch_size = (
@@ -248,7 +250,7 @@ def execute(run, verbose=True):
         ``seconds`` (wall-clock time of the whole run).
 
     Raises:
-        backobs.options.OptionError: A setting of the run is invalid (before any work).
+        backobs.runs.options.OptionError: A setting of the run is invalid (before any work).
         KeyboardInterrupt: After an interrupted run's results were written.
     """
     import contextlib

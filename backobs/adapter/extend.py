@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import backpack_core
-from backobs import _deepobs
-from backobs import testproblems as _backobs_problems
-from backobs.problems import UNSUPPORTED_REASONS
+from backobs.adapter import deepobs as _deepobs
+from backobs.adapter import testproblems as _backobs_problems
+from backobs.adapter.problems import UNSUPPORTED_REASONS
 
 __all__ = ["extend_problem", "extend", "extend_with_access_unreduced_loss"]
 
@@ -86,7 +86,7 @@ def extend_problem(tproblem, debug=False):
     """Make a set-up DeepOBS problem work with ``backpack_core``'s extensions.
 
     Swaps DeepOBS's ``flatten`` modules for ``torch.nn.Flatten``, re-expresses DeepOBS
-    1.1.2's ``quadratic_deep`` net (see :class:`backobs.testproblems.quadratic_deep`),
+    1.1.2's ``quadratic_deep`` net (see :class:`backobs.adapter.testproblems.quadratic_deep`),
     extends the net, and wraps ``tproblem.loss_function`` so that every
     ``tproblem.loss_function(reduction=...)`` returns an extended loss module. Forward
     values, accuracies and gradients stay those of the unextended problem.

@@ -1,0 +1,33 @@
+"""Optimizers that read ``backpack_core``'s quantities, and the registry of them by name.
+
+- :mod:`backobs.optim.damped_newton`: :class:`DampedNewton` (the curvature family of the
+  BackPACK paper) and :class:`NonFiniteUpdateError`;
+- :mod:`backobs.optim.registry`: :data:`OPTIMIZERS`, :func:`make_optimizer`,
+  :func:`check_hyperparameters` and :func:`required_extensions`.
+"""
+
+from backobs.optim.damped_newton import (
+    CURVATURES,
+    KFAC_APPROXIMATIONS,
+    DampedNewton,
+    NonFiniteUpdateError,
+)
+from backobs.optim.registry import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    check_hyperparameters,
+    make_optimizer,
+    required_extensions,
+)
+
+__all__ = [
+    "CURVATURES",
+    "KFAC_APPROXIMATIONS",
+    "DampedNewton",
+    "NonFiniteUpdateError",
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "check_hyperparameters",
+    "make_optimizer",
+    "required_extensions",
+]
