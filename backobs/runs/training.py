@@ -145,6 +145,8 @@ class TrainingLoop:
             for key in METRICS:
                 if key != "minibatch_train_losses":
                     del metrics[key][complete:]
+            # An epoch whose evaluation was cut short is not complete: its time goes too.
+            del self.state["epoch_seconds"][max(complete - 1, 0) :]
             print(
                 f"[backobs] Interrupted: the results hold the {max(complete - 1, 0)} of "
                 f"{num_epochs} epochs completed."

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from backobs.runs.training import _Interrupts
+from backobs.runs.training import TrainingLoop, _Interrupts
 
 
 class _Thing:
@@ -67,3 +67,28 @@ def test_a_handler_someone_else_set_is_left_alone():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _QuickEpochs(TrainingLoop):
+    """A loop whose epochs train nothing: only its bookkeeping of epochs is under test."""
+
+    def _epoch(self, metrics, epoch, num_epochs, global_step, *args):
+        return global_step + 1, True
+
+
+@pytest.mark.parametrize("interrupted_evaluation", [1, 2, 3])
+def test_an_interrupt_during_an_evaluation_drops_that_epoch_everywhere(interrupted_evaluation):
+    def evaluate_all(epoch, metrics):
+        metrics["train_losses"].append(float(epoch))
+        if epoch == interrupted_evaluation:
+            raise KeyboardInterrupt
+        for key in ("valid_losses", "test_losses"):
+            metrics[key].append(float(epoch))
+
+    loop = _QuickEpochs(None, None, list, None, evaluate_all, None)
+    metrics = loop.run(num_epochs=5)
+    assert loop.state["status"] == "interrupted"
+    completed = interrupted_evaluation - 1
+    assert len(loop.state["epoch_seconds"]) == completed
+    for key in ("train_losses", "valid_losses", "test_losses"):
+        assert metrics[key] == [float(epoch) for epoch in range(completed + 1)]
