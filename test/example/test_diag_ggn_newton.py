@@ -8,7 +8,9 @@ import pytest
 import torch
 from example_loader import load_example
 
+import backobs
 from backobs import extend_problem
+from backobs.adapter import data
 from backobs.adapter.deepobs import testproblems
 from backpack_core import backpack
 from backpack_core.extensions import DiagGGNMC
@@ -18,7 +20,11 @@ newton = load_example("diag_ggn_newton")
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
+    """Synthetic data, switched on by the call (the variable alone acts at import time)."""
     monkeypatch.setenv("BACKOBS_SYNTHETIC_DATA", "1")
+    backobs.use_synthetic_data(True, seed=0)
+    yield
+    data._reset_synthetic_switch()
 
 
 def test_runner_trains_mnist_logreg(monkeypatch):
