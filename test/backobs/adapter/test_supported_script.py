@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "example" / "supported.py"
+SCRIPT = pathlib.Path(__file__).resolve().parents[3] / "example" / "supported.py"
 
 
 def test_supported_script_prints_table():
