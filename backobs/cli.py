@@ -11,9 +11,10 @@ Examples:
 """
 
 import argparse
+import importlib
 import sys
 
-from backobs.runs import options
+from backobs import checks
 
 __all__ = ["main", "build_parser"]
 
@@ -31,17 +32,10 @@ def _optimizer_from(argv):
     return known.optimizer
 
 
-def _add_run_parser(subparsers, argv):
+def _add_run_arguments(parser, argv):
     from backobs import optim
+    from backobs.runs import options
 
-    parser = subparsers.add_parser(
-        "run",
-        help="Train one optimizer on one DeepOBS problem (the runner, with extensions).",
-        description="Train an optimizer of backobs.optim on a DeepOBS problem with the "
-        "extensions it needs active (and those of --extensions logged), writing DeepOBS's "
-        "results file and a per-step log. `backobs run --optimizer NAME --help` lists NAME's "
-        "hyperparameters.",
-    )
     name = _optimizer_from(argv)
     parser.add_argument(
         "--optimizer",
@@ -58,6 +52,7 @@ def _add_run_parser(subparsers, argv):
 
 def _run_command(args):
     from backobs import optim
+    from backobs.runs import options
     from backobs.runs.run import make_runner
 
     hyperparameters = args.hyperparameter_names
@@ -68,36 +63,71 @@ def _run_command(args):
     try:
         arguments["hyperparams"] = optim.check_hyperparameters(optimizer, arguments["hyperparams"])
     except ValueError as error:
-        raise options.OptionError(str(error)) from None
+        raise checks.OptionError(str(error)) from None
     runner = make_runner(optimizer, progress_bar=True)
     output = runner.run(**arguments)
     return 0 if output is None or output.get("status") != "interrupted" else 130
 
 
+_SUBCOMMANDS = {
+    "run": (
+        "Train one optimizer on one DeepOBS problem (the runner, with extensions).",
+        "Train an optimizer on a DeepOBS problem with the extensions it needs active (and "
+        "those of --extensions logged), writing DeepOBS's results file and a per-step log. "
+        "`backobs run --optimizer NAME --help` lists NAME's hyperparameters.",
+    ),
+    "sweep": (
+        "Run a grid of runs (problems x optimizers x settings x seeds) on Dask.",
+        "Run a sweep file's grid of runs on Dask (a local cluster or a scheduler), resumable, "
+        "optionally with DeepOBS's final-seeds protocol.",
+    ),
+    "report": (
+        "Compare optimizers from a results folder: tables and figures.",
+        "Compare optimizers from a results folder in DeepOBS's layout: the best setting of "
+        "each, tables and figures.",
+    ),
+}
+
+
+def _chosen_subcommand(argv):
+    """The subcommand named in ``argv`` (the first argument that is not an option), if any."""
+    for argument in argv:
+        if not argument.startswith("-"):
+            return argument if argument in _SUBCOMMANDS else None
+    return None
+
+
+def _fill_subcommand(name, parser, argv):
+    """Add the options of subcommand ``name`` to its parser (importing only its module)."""
+    if name == "run":
+        _add_run_arguments(parser, argv)
+        return
+    module = importlib.import_module(f"backobs.{name}.command")
+    module.add_arguments(parser)
+    parser.set_defaults(handler=module.command)
+
+
 def build_parser(argv=()):
-    """The ``backobs`` argument parser.
+    """The ``backobs`` argument parser, with the options of the chosen subcommand only.
+
+    Every subcommand is listed, but only the one named in ``argv`` gets its options (and
+    imports its module): ``backobs --help`` and ``backobs report ...`` import no torch.
 
     Args:
-        argv (list[str]): The arguments about to be parsed (``run`` needs the optimizer's
-            name to know its hyperparameter options).
+        argv (list[str]): The arguments about to be parsed (``run`` also needs the
+            optimizer's name to know its hyperparameter options).
 
     Returns:
         argparse.ArgumentParser: The parser; ``args.handler(args)`` runs the subcommand.
     """
-    from backobs import report, sweep
-
-    parser = options.OneLineParser(prog="backobs", description=_DESCRIPTION)
+    argv = list(argv)
+    parser = checks.OneLineParser(prog="backobs", description=_DESCRIPTION)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_run_parser(subparsers, list(argv))
-    for name, module, summary in (
-        ("sweep", sweep, "Run a grid of runs (problems x optimizers x settings x seeds) on Dask."),
-        ("report", report, "Compare optimizers from a results folder: tables and figures."),
-    ):
-        sub = subparsers.add_parser(
-            name, help=summary, description=(module.__doc__ or summary).strip().split("\n")[0]
-        )
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.command)
+    chosen = _chosen_subcommand(argv)
+    for name, (summary, description) in _SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, description=description)
+        if name == chosen:
+            _fill_subcommand(name, sub, argv)
     return parser
 
 
@@ -117,7 +147,7 @@ def main(argv=None):
         prog = f"backobs {args.command}"
         try:
             return int(args.handler(args) or 0)
-        except (options.OptionError, NotImplementedError) as error:
+        except (checks.OptionError, NotImplementedError) as error:
             _error(prog, error)
             return 2
         except _data_unavailable() as error:

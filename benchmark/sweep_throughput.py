@@ -6,8 +6,9 @@ that the command starts) with 1 and 2 worker processes. Measured:
 
 - cluster start: ``LocalCluster`` with N worker processes up, each having imported BackOBS
   (``backobs sweep`` preloads it in the workers);
-- process start and import: ``python -c "import backobs.sweep"`` in a fresh interpreter
-  (what each worker process pays once, inside the cluster start);
+- process start and import: a fresh interpreter importing a run's code as a local worker does
+  at start (:func:`backobs.sweep.cluster.import_run_code`; what each worker process pays once,
+  inside the cluster start);
 - runs per minute, without and with the cluster start;
 - the runs' own time: the seconds the runs report (``runs.execute`` in the worker);
 - per-run overhead: (wall time x workers - the runs' own time) / runs, i.e. what scheduling,
@@ -65,10 +66,11 @@ def _in_process(spec):
 
 def _on_cluster(spec, workers):
     from backobs import sweep
+    from backobs.sweep.cluster import _Cluster
 
     loaded = sweep.parse_sweep(spec, source="benchmark")
     started = time.perf_counter()
-    with sweep._Cluster(None, None, workers) as client:
+    with _Cluster(None, None, workers) as client:
         cluster_start = time.perf_counter() - started
         before = time.perf_counter()
         (outcome,) = sweep.run_sweep(loaded, client)
@@ -90,11 +92,12 @@ def _on_cluster(spec, workers):
 
 
 def _fresh_import_seconds(repeats=3):
-    """Process start and ``import backobs.sweep`` in a new interpreter (best of ``repeats``)."""
+    """Process start and a worker's imports in a new interpreter (best of ``repeats``)."""
+    code = "from backobs.sweep import cluster; cluster.import_run_code()"
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import backobs.sweep"], check=True)
+        subprocess.run([sys.executable, "-c", code], check=True)
         times.append(time.perf_counter() - started)
     return min(times)
 
@@ -123,7 +126,7 @@ def main():
         f"{sys.version.split()[0]}; load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after"
     )
-    print(f"process start + import backobs.sweep in a fresh interpreter: {fresh_import:.1f} s")
+    print(f"process start + a worker's imports in a fresh interpreter: {fresh_import:.1f} s")
     print(
         f"in this process, one after another: {serial:.1f} s, "
         f"{60 * count / serial:.0f} runs/min, {serial_own / count:.2f} s per run"

@@ -8,7 +8,6 @@ small (two problems, two optimizers, two settings each, synthetic data, two step
 import argparse
 import contextlib
 import glob
-import importlib
 import json
 import os
 import signal
@@ -21,7 +20,12 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from backobs import runs, sweep
+from backobs import runs
+from backobs.sweep import cluster
+from backobs.sweep import command as sweep_command
+from backobs.sweep.execute import MANIFEST_NAME
+from backobs.sweep.protocol import SUMMARY_NAME
+from backobs.sweep.spec import load_sweep
 
 distributed = pytest.importorskip("distributed")
 
@@ -102,8 +106,8 @@ def _cluster(directory):
         client.wait_for_workers(2, timeout=120)
         pids = client.run(os.getpid)
         assert sorted(pids.values()) == sorted(worker.pid for worker in workers)
-        # Import BackOBS in the workers now, so that the runs' times are the runs' own.
-        client.run(importlib.import_module, "backobs.sweep")
+        # Import a run's code in the workers now, so that the runs' times are the runs' own.
+        client.run(cluster.import_run_code)
         yield Cluster(client.scheduler.address, scheduler_file, client, pids)
     finally:
         if client is not None:
@@ -146,12 +150,12 @@ def _write_spec(tmp_path, name, output_dir, **overrides):
 
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    sweep.add_arguments(parser)
+    sweep_command.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def _manifest(output_dir):
-    with open(os.path.join(output_dir, sweep.MANIFEST_NAME)) as stream:
+    with open(os.path.join(output_dir, MANIFEST_NAME)) as stream:
         return [json.loads(line) for line in stream]
 
 
@@ -173,10 +177,10 @@ def _metrics(path):
 def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp_path, capsys):
     remote_dir, local_dir = tmp_path / "remote", tmp_path / "local"
     remote_spec = _write_spec(tmp_path, "remote.yaml", remote_dir)
-    grid = sweep.load_sweep(remote_spec).runs()
+    grid = load_sweep(remote_spec).runs()
     assert len(grid) == 8
 
-    assert sweep.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
+    assert sweep_command.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
     records = _manifest(remote_dir)
     assert len(records) == 8 and {r["status"] for r in records} == {"finished"}
     assert sorted(_key(r["run"]) for r in records) == sorted(_key(run.to_dict()) for run in grid)
@@ -186,8 +190,8 @@ def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp
     # The same sweep on a local cluster gives the same numbers, whichever worker ran what
     # (and what it ran before: quadratic_deep's Hessian once depended on that).
     local_spec = _write_spec(tmp_path, "local.yaml", local_dir)
-    assert sweep.command(_args(local_spec, "--workers", "2")) == 0
-    for remote_run, local_run in zip(grid, sweep.load_sweep(local_spec).runs()):
+    assert sweep_command.command(_args(local_spec, "--workers", "2")) == 0
+    for remote_run, local_run in zip(grid, load_sweep(local_spec).runs()):
         remote_metrics = _metrics(runs.existing_result(remote_run))
         local_metrics = _metrics(runs.existing_result(local_run))
         assert remote_metrics["train_losses"], remote_run
@@ -195,7 +199,7 @@ def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp
 
     # Re-running the finished sweep runs nothing.
     capsys.readouterr()
-    assert sweep.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
+    assert sweep_command.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
     again = _manifest(remote_dir)[8:]
     assert len(again) == 8 and {r["status"] for r in again} == {"skipped"}
     assert "0 runs finished, 8 were done before, 0 failed" in capsys.readouterr().out
@@ -205,14 +209,14 @@ def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp
 def test_failed_run_is_recorded_and_the_sweep_goes_on(dask_cluster, tmp_path):
     output_dir = tmp_path / "results"
     spec = _write_spec(tmp_path, "sweep.yaml", output_dir, problems=["mnist_logreg"])
-    grid = sweep.load_sweep(spec).runs()
+    grid = load_sweep(spec).runs()
     # a file where the run's results folder belongs: that run raises, the others go on
     victim = grid[1]
     directory = runs.settings_directory(victim)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     with open(directory, "w") as stream:
         stream.write("a file where the run's folder belongs\n")
-    assert sweep.command(_args(spec, "--scheduler", dask_cluster.address)) == 1
+    assert sweep_command.command(_args(spec, "--scheduler", dask_cluster.address)) == 1
     records = {_key(r["run"]): r for r in _manifest(output_dir)}
     assert len(records) == 4
     failed = records.pop(_key(victim.to_dict()))
@@ -238,7 +242,7 @@ def test_worker_killed_mid_run_loses_nothing(own_dask_cluster, tmp_path):
     outcome = {}
     thread = threading.Thread(
         target=lambda: outcome.update(
-            code=sweep.command(_args(spec, "--scheduler", dask_cluster.address))
+            code=sweep_command.command(_args(spec, "--scheduler", dask_cluster.address))
         )
     )
     thread.start()
@@ -292,7 +296,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
         env=_child_environment(),
         start_new_session=True,
     )
-    manifest = output_dir / sweep.MANIFEST_NAME
+    manifest = output_dir / MANIFEST_NAME
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if manifest.exists() and manifest.read_text().count("\n") >= 1:
@@ -353,14 +357,13 @@ def test_final_seeds_rerun_the_best_setting(dask_cluster, tmp_path, capsys):
         problems=["quadratic_deep"],
         optimizers={"sgd": {"lr": [0.001, 0.01]}},
     )
-    assert (
-        sweep.command(_args(spec, "--scheduler", dask_cluster.address, "--final-seeds", "2")) == 0
-    )
-    grid = sweep.load_sweep(spec).runs()
+    arguments = _args(spec, "--scheduler", dask_cluster.address, "--final-seeds", "2")
+    assert sweep_command.command(arguments) == 0
+    grid = load_sweep(spec).runs()
     # by hand: the lowest final validation loss (quadratic_deep has no accuracy)
     final_losses = [_metrics(runs.existing_result(run))["valid_losses"][-1] for run in grid]
     best = grid[final_losses.index(min(final_losses))]
-    with open(output_dir / sweep.SUMMARY_NAME) as stream:
+    with open(output_dir / SUMMARY_NAME) as stream:
         choice = json.load(stream)["choices"]["quadratic_deep"]["sgd"]
     assert choice["hyperparams"] == best.hyperparams
     assert choice["score"] == min(final_losses)

@@ -22,7 +22,7 @@ from matplotlib.image import imread
 from backobs import report
 from backobs.runs.options import OptionError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def parse(*arguments):
@@ -167,7 +167,7 @@ def test_metric_option_ranks_by_another_metric(clean_folder):
 
 def test_table_means_and_deviations_by_hand(clean_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.command(parse(clean_folder, "-o", out)) == 0
+    assert report.command.command(parse(clean_folder, "-o", out)) == 0
     stdout = capsys.readouterr().out
 
     table = pd.read_csv(out / "report.csv")
@@ -206,7 +206,7 @@ def test_table_means_and_deviations_by_hand(clean_folder, tmp_path, capsys):
 
 def test_median_and_quartiles(clean_folder, tmp_path):
     out = tmp_path / "out"
-    report.command(parse(clean_folder, "-o", out, "--aggregate", "median"))
+    report.command.command(parse(clean_folder, "-o", out, "--aggregate", "median"))
     kfac = by_optimizer(pd.read_csv(out / "report.csv"))["kfac"]
     assert kfac["test_accuracy"] == pytest.approx(0.9)
     assert kfac["test_accuracy_q25"] == pytest.approx(0.85)
@@ -307,7 +307,7 @@ def write_messy_folder(root):
 def test_messy_folder_marks_and_warnings(tmp_path, capsys):
     skipped = write_messy_folder(str(tmp_path / "results"))
     out = tmp_path / "out"
-    assert report.command(parse(tmp_path / "results", "-o", out)) == 0
+    assert report.command.command(parse(tmp_path / "results", "-o", out)) == 0
     stderr = capsys.readouterr().err.splitlines()
 
     # One line per skipped file, naming it; step logs and other files go unmentioned.
@@ -366,7 +366,7 @@ def test_a_rerun_seed_counts_once_with_its_newest_file(tmp_path, capsys):
 
 def test_the_default_output_folder_is_not_read_as_results(clean_folder, capsys):
     for _ in range(2):
-        assert report.command(parse(clean_folder)) == 0
+        assert report.command.command(parse(clean_folder)) == 0
     assert capsys.readouterr().err == ""
     assert_png(clean_folder / "report" / "mnist_logreg_performance.png")
     reports = report.build_report(report.read_results(str(clean_folder)))
@@ -393,27 +393,27 @@ def test_a_folder_without_results_is_an_option_error(tmp_path, content):
         if not content.endswith("/"):
             path.write_text("nothing\n")
     with pytest.raises(OptionError, match="holds no results files"):
-        report.command(parse(tmp_path, "-o", tmp_path / "out"))
+        report.command.command(parse(tmp_path, "-o", tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_options_are_option_errors(clean_folder, tmp_path):
     with pytest.raises(OptionError, match="does not exist"):
-        report.command(parse(tmp_path / "missing"))
+        report.command.command(parse(tmp_path / "missing"))
     arguments = parse(clean_folder)
     arguments.mode = "worst"
     with pytest.raises(OptionError, match="--mode must be one of final, best, most, got 'worst'"):
-        report.command(arguments)
+        report.command.command(arguments)
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OptionError, match="--out-dir"):
-        report.command(parse(clean_folder, "-o", blocker / "out"))
+        report.command.command(parse(clean_folder, "-o", blocker / "out"))
 
 
 def test_pointing_at_a_settings_folder_says_where_to_point(clean_folder):
     (setting,) = glob.glob(str(clean_folder / "mnist_logreg" / "sgd" / "*lr__1e-01"))
     with pytest.raises(OptionError, match="settings folder: pass the folder 3 level"):
-        report.command(parse(setting, "-o", clean_folder.parent / "out"))
+        report.command.command(parse(setting, "-o", clean_folder.parent / "out"))
 
 
 def assert_png(path):
@@ -476,7 +476,7 @@ def runner_results(tmp_path_factory):
 
 def test_report_on_runner_results(runner_results, tmp_path, capsys):
     out = tmp_path / "out"
-    assert report.command(parse(runner_results, "-o", out)) == 0
+    assert report.command.command(parse(runner_results, "-o", out)) == 0
     stderr = capsys.readouterr().err.splitlines()
     assert stderr == [
         "backobs report: warning: no cost figure for quadratic_deep: its results record no "

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 import backobs
-from backobs import runs, sweep
+from backobs import runs
 from backobs.adapter import deepobs as _deepobs
+from backobs.sweep.execute import _run_on_worker
 
 
 def _first_instance_hessian_of_a_fresh_process(tmp_path):
@@ -109,7 +110,7 @@ def test_a_worker_run_ignores_other_threads_drawing_from_pythons_random(tmp_path
     thread = threading.Thread(target=draw)
     thread.start()
     try:
-        record = sweep._run_on_worker(run("busy").to_dict())
+        record = _run_on_worker(run("busy").to_dict())
     finally:
         stop.set()
         thread.join()

@@ -1,0 +1,289 @@
+"""The report's figures: performance, sensitivity and cost of one problem, as PNGs.
+
+Drawn with matplotlib's object-oriented API on the Agg canvas, without ``pyplot``, so no
+global backend is changed.
+"""
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from backobs.report.rank import aggregate
+from backobs.report.tables import _format_value, _seconds, format_hyperparams, tuned_hyperparams
+
+_PERFORMANCE_PANELS = (
+    ("test_losses", "Test loss"),
+    ("test_accuracies", "Test accuracy"),
+    ("train_losses", "Train loss"),
+    ("train_accuracies", "Train accuracy"),
+)
+_LEARNING_RATE_NAMES = ("lr", "learning_rate")
+
+
+def _figure(width, height):
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _title(report, what):
+    data = " (synthetic data)" if report.synthetic_data else ""
+    return f"{report.problem}{data}: {what}"
+
+
+def _aggregate_words(how):
+    return "mean ± std over seeds" if how == "mean" else "median and quartiles over seeds"
+
+
+def _color(report, optimizer):
+    """One color per optimizer, the same in every figure of a problem."""
+    return f"C{list(report.rankings).index(optimizer) % 10}"
+
+
+def _label(report, optimizer):
+    ranked = report.best(optimizer)
+    siblings = [item.setting for item in report.rankings[optimizer]]
+    label = f"{optimizer} ({format_hyperparams(tuned_hyperparams(ranked.setting, siblings))})"
+    if ranked.notes:
+        label += " [" + "; ".join(ranked.notes) + "]"
+    return label
+
+
+def _log_scale_if_wide(axis, arrays):
+    values = np.concatenate([np.asarray(a, dtype=float).ravel() for a in arrays] or [[]])
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() > 0 and values.max() / values.min() > 100:
+        axis.set_yscale("log")
+
+
+def plot_performance(report, path):
+    """DeepOBS's performance plot of one problem, written as a PNG.
+
+    Four panels (test loss, test accuracy, train loss, train accuracy against epochs), each
+    with one line (mean or median over seeds) and band (± std or quartiles) per optimizer's
+    best setting.
+
+    Args:
+        report (ProblemReport): The problem.
+        path (str): The PNG to write.
+
+    Returns:
+        matplotlib.figure.Figure: The figure.
+    """
+    figure = _figure(10, 7.5)
+    axes = figure.subplots(2, 2, sharex=True)
+    for axis, (metric, ylabel) in zip(axes.flat, _PERFORMANCE_PANELS):
+        curves = []
+        for optimizer in report.rankings:
+            ranked = report.best(optimizer)
+            if not ranked.setting.has_metric(metric):
+                continue
+            curve = aggregate(ranked.setting.values(metric), report.how)
+            epochs = np.arange(len(curve.center))
+            color = _color(report, optimizer)
+            axis.plot(
+                epochs, curve.center, marker=".", color=color, label=_label(report, optimizer)
+            )
+            axis.fill_between(epochs, curve.low, curve.high, color=color, alpha=0.2)
+            curves += [curve.low, curve.high]
+        if not curves:
+            axis.text(
+                0.5,
+                0.5,
+                "no accuracies in these results",
+                ha="center",
+                va="center",
+                transform=axis.transAxes,
+            )
+        elif "loss" in metric:
+            _log_scale_if_wide(axis, curves)
+        axis.set_ylabel(ylabel)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    for axis in axes[1]:
+        axis.set_xlabel("epoch")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=1)
+    figure.suptitle(
+        _title(
+            report,
+            f"best setting per optimizer by {report.ranked_by}, {_aggregate_words(report.how)}",
+        ),
+        fontsize="medium",
+    )
+    figure.savefig(path, dpi=100)
+    return figure
+
+
+def _x_hyperparameter(settings):
+    """The hyperparameter on the x axis: the learning rate, else the first that varies."""
+    names = list(settings[0].hyperparams)
+    numeric = [
+        name
+        for name in names
+        if all(_is_number(setting.hyperparams.get(name)) for setting in settings)
+    ]
+    for name in _LEARNING_RATE_NAMES:
+        if name in numeric:
+            return name
+    varying = [
+        name for name in numeric if len({setting.hyperparams[name] for setting in settings}) > 1
+    ]
+    return (varying or numeric or [None])[0]
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_sensitivity(report, path):
+    """Hyperparameter sensitivity of one problem, written as a PNG.
+
+    One panel per optimizer: the ranking metric (final or best, aggregated over seeds, with
+    its spread as error bars) against the learning rate on a log axis, one curve per value of
+    the other hyperparameters that vary. The best setting is a star; diverged settings are
+    crosses at the bottom edge.
+
+    Args:
+        report (ProblemReport): The problem.
+        path (str): The PNG to write.
+
+    Returns:
+        matplotlib.figure.Figure: The figure.
+    """
+    optimizers = list(report.rankings)
+    columns = min(len(optimizers), 3)
+    rows = math.ceil(len(optimizers) / columns)
+    figure = _figure(4.2 * columns, 3.6 * rows + 0.6)
+    axes = np.atleast_1d(figure.subplots(rows, columns, sharey=True, squeeze=False)).ravel()
+    for axis in axes[len(optimizers) :]:
+        axis.set_visible(False)
+    for axis, optimizer in zip(axes, optimizers):
+        ranking = report.rankings[optimizer]
+        settings = [item.setting for item in ranking]
+        x_name = _x_hyperparameter(settings)
+        others = [
+            name
+            for name in settings[0].hyperparams
+            if name != x_name
+            and len({_format_value(s.hyperparams.get(name)) for s in settings}) > 1
+        ]
+        groups = {}
+        for item in ranking:
+            key = tuple((name, item.setting.hyperparams.get(name)) for name in others)
+            groups.setdefault(key, []).append(item)
+
+        def x_of(item, x_name=x_name, ranking=ranking):
+            if x_name is None:
+                return float(ranking.index(item))
+            return float(item.setting.hyperparams[x_name])
+
+        diverged_x = []
+        for key, items in groups.items():
+            finite = [
+                it for it in items if not it.setting.diverged_runs and not math.isnan(it.score)
+            ]
+            diverged_x += [x_of(it) for it in items if it not in finite]
+            if not finite:
+                continue
+            finite.sort(key=x_of)
+            label = ", ".join(f"{name}={_format_value(value)}" for name, value in key) or None
+            axis.errorbar(
+                [x_of(it) for it in finite],
+                [it.score for it in finite],
+                yerr=[it.score_spread if math.isfinite(it.score_spread) else 0 for it in finite],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        best = ranking[0]
+        if not best.setting.diverged_runs and not math.isnan(best.score):
+            axis.plot(
+                [x_of(best)],
+                [best.score],
+                marker="*",
+                markersize=16,
+                color="gold",
+                markeredgecolor="black",
+                linestyle="none",
+                label="best",
+                zorder=5,
+            )
+        if diverged_x:
+            axis.plot(
+                diverged_x,
+                [0.02] * len(diverged_x),
+                marker="x",
+                markersize=9,
+                color="red",
+                linestyle="none",
+                transform=axis.get_xaxis_transform(),
+                label="diverged",
+            )
+        xs = [x_of(item) for item in ranking]
+        if x_name is not None and min(xs) > 0:
+            axis.set_xscale("log")
+        axis.set_xlabel(x_name or "setting")
+        axis.set_title(optimizer)
+        axis.legend(fontsize="x-small")
+    axes[0].set_ylabel(report.score_name)
+    figure.suptitle(
+        _title(report, f"{report.score_name} per setting, {_aggregate_words(report.how)}"),
+        fontsize="medium",
+    )
+    figure.savefig(path, dpi=100)
+    return figure
+
+
+def plot_cost(report, path):
+    """Cost of one problem's optimizers, written as a PNG, if the runs record their time.
+
+    Left: seconds per training epoch of each optimizer's best setting (mean ± std or median
+    and quartiles over seeds). Right: the test loss against cumulative training time.
+
+    Args:
+        report (ProblemReport): The problem.
+        path (str): The PNG to write.
+
+    Returns:
+        matplotlib.figure.Figure or None: The figure; ``None`` (nothing written) if no run
+        of the problem records ``epoch_seconds``.
+    """
+    timed = [
+        (optimizer, report.best(optimizer))
+        for optimizer in report.rankings
+        if len(report.best(optimizer).setting.seconds_per_epoch())
+    ]
+    if not timed:
+        return None
+    figure = _figure(11, 4.5)
+    bars, losses = figure.subplots(1, 2)
+    colors = [_color(report, optimizer) for optimizer, _ in timed]
+    centers, errors = [], [[], []]
+    for _, ranked in timed:
+        center, _, low, high = _seconds(ranked.setting, report.how)
+        centers.append(center)
+        errors[0].append(center - low)
+        errors[1].append(high - center)
+    names = [optimizer for optimizer, _ in timed]
+    bars.bar(names, centers, yerr=errors, capsize=4, color=colors)
+    bars.set_ylabel("seconds per training epoch")
+    bars.set_title(f"best setting per optimizer, {_aggregate_words(report.how)}", fontsize="small")
+    curves = []
+    for color, (optimizer, ranked) in zip(colors, timed):
+        seconds = [
+            run.epoch_seconds for run in ranked.setting.runs if run.epoch_seconds is not None
+        ]
+        length = min(len(values) for values in seconds)
+        elapsed = np.concatenate(
+            [[0.0], np.cumsum(aggregate([s[:length] for s in seconds]).center)]
+        )
+        curve = aggregate(ranked.setting.values("test_losses"), report.how).center
+        count = min(len(elapsed), len(curve))
+        losses.plot(elapsed[:count], curve[:count], marker=".", color=color, label=optimizer)
+        curves.append(curve[:count])
+    _log_scale_if_wide(losses, curves)
+    losses.set_xlabel("training time (s, evaluation excluded)")
+    losses.set_ylabel("test loss")
+    losses.legend(fontsize="small")
+    figure.suptitle(_title(report, "cost"), fontsize="medium")
+    figure.savefig(path, dpi=100)
+    return figure

@@ -1,0 +1,83 @@
+"""Writing a report: the tables and figures of every problem into one folder."""
+
+import os
+import warnings
+
+from backobs.report.figures import _aggregate_words, plot_cost, plot_performance, plot_sensitivity
+from backobs.report.read import warn_on_stderr
+from backobs.report.tables import _number, markdown_table, settings_table, summary_table
+
+
+def write_report(reports, out_dir, warn=None):
+    """Write the tables and figures of :func:`build_report`'s reports into ``out_dir``.
+
+    Args:
+        reports (dict[str, ProblemReport]): The reports.
+        out_dir (str): The output folder (created if missing).
+        warn (callable, optional): Called with one line per figure that cannot be drawn.
+
+    Returns:
+        list[str]: The files written: ``report.md``, ``report.csv``, ``settings.csv``, and
+        per problem ``<problem>_performance.png``, ``<problem>_sensitivity.png`` and
+        ``<problem>_cost.png`` (the last only if its runs record ``epoch_seconds``).
+    """
+    warn = warn or warn_on_stderr
+    os.makedirs(out_dir, exist_ok=True)
+    how = next(iter(reports.values())).how if reports else "mean"
+    summary = summary_table(reports)
+    settings = settings_table(reports)
+    written = []
+
+    def target(name):
+        path = os.path.join(out_dir, name)
+        written.append(path)
+        return path
+
+    summary.to_csv(target("report.csv"), index=False)
+    settings.to_csv(target("settings.csv"), index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan slices of diverged runs
+        for problem, report in reports.items():
+            plot_performance(report, target(f"{problem}_performance.png"))
+            plot_sensitivity(report, target(f"{problem}_sensitivity.png"))
+            cost_path = os.path.join(out_dir, f"{problem}_cost.png")
+            if plot_cost(report, cost_path) is not None:
+                written.append(cost_path)
+            else:
+                warn(f"no cost figure for {problem}: its results record no epoch_seconds")
+    with open(target("report.md"), "w", encoding="utf-8") as file:
+        file.write(_markdown_document(reports, summary, settings, how, written))
+    return written
+
+
+def _markdown_document(reports, summary, settings, how, written):
+    lines = [
+        "# Optimizer comparison",
+        "",
+        f"Best setting per optimizer, {_aggregate_words(how)}.",
+        "",
+        markdown_table(summary, how),
+    ]
+    for problem, report in reports.items():
+        lines.append(f"## {problem}" + (" (synthetic data)" if report.synthetic_data else ""))
+        lines.append("")
+        for kind in ("performance", "sensitivity", "cost"):
+            name = f"{problem}_{kind}.png"
+            if any(os.path.basename(path) == name for path in written):
+                lines.append(f"![{kind}]({name})")
+        lines += [
+            "",
+            "| optimizer | rank | hyperparameters | seeds | score | notes |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in settings[settings["problem"] == problem].to_dict("records"):
+            spread = "±" if how == "mean" else "IQR"
+            score = _number(row["score"])
+            if score != "–":
+                score += f" ({spread} {_number(row['score_spread'], 2)})"
+            lines.append(
+                f"| {row['optimizer']} | {row['rank']} | {row['hyperparameters']} | "
+                f"{row['seeds']} | {score} | {row['notes']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
