@@ -37,15 +37,24 @@ def _add_run_arguments(parser, argv):
     from backobs.runs import options
 
     name = _optimizer_from(argv)
+    spec = None
+    if name is not None:
+        try:
+            spec = optim.resolve_optimizer(name)
+        except ValueError as error:
+            raise checks.OptionError(f"--optimizer: {error}") from None
+        summary = spec.description.rstrip(".")
+        parser.description = f"{parser.description} Optimizer {name}: {summary}."
     parser.add_argument(
         "--optimizer",
         required=True,
-        choices=list(optim.OPTIMIZERS),
         metavar="NAME",
         help="One of: "
-        + "; ".join(f"{key} ({spec.description})" for key, spec in optim.OPTIMIZERS.items()),
+        + "; ".join(f"{key} ({entry.description})" for key, entry in optim.OPTIMIZERS.items())
+        + "; or your own torch.optim.Optimizer subclass as package.module:ClassName, or the "
+        f"name of an entry point of the group {optim.external.ENTRY_POINT_GROUP}.",
     )
-    hyperparameters = optim.OPTIMIZERS[name].hyperparameters if name in optim.OPTIMIZERS else {}
+    hyperparameters = spec.hyperparameters if spec is not None else {}
     options.add_run_arguments(parser, hyperparameters, default_extension=None)
     parser.set_defaults(handler=_run_command, hyperparameter_names=hyperparameters)
 
@@ -142,7 +151,11 @@ def main(argv=None):
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser(argv)
+        try:
+            parser = build_parser(argv)
+        except checks.OptionError as error:  # e.g. an optimizer class that does not import
+            _error(f"backobs {_chosen_subcommand(argv) or ''}".strip(), error)
+            return 2
         args = parser.parse_args(argv)
         prog = f"backobs {args.command}"
         try:

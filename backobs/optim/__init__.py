@@ -2,8 +2,10 @@
 
 - :mod:`backobs.optim.damped_newton`: :class:`DampedNewton` (the curvature family of the
   BackPACK paper) and :class:`NonFiniteUpdateError`;
-- :mod:`backobs.optim.registry`: :data:`OPTIMIZERS`, :func:`make_optimizer`,
-  :func:`check_hyperparameters` and :func:`required_extensions`.
+- :mod:`backobs.optim.registry`: :data:`OPTIMIZERS`, :func:`resolve_optimizer`,
+  :func:`make_optimizer`, :func:`check_hyperparameters` and :func:`required_extensions`;
+- :mod:`backobs.optim.external`: a researcher's own optimizer class, by import path
+  (``package.module:ClassName``) or entry point (group ``backobs.optimizers``).
 """
 
 from backobs.optim.damped_newton import (
@@ -18,6 +20,7 @@ from backobs.optim.registry import (
     check_hyperparameters,
     make_optimizer,
     required_extensions,
+    resolve_optimizer,
 )
 
 __all__ = [
@@ -30,4 +33,5 @@ __all__ = [
     "check_hyperparameters",
     "make_optimizer",
     "required_extensions",
+    "resolve_optimizer",
 ]

@@ -54,8 +54,23 @@ HYPERPARAMETER_TYPES = {
 }
 
 
-def check_value(name, value, kind):
-    """``value`` converted to ``kind`` and checked against the range of ``name``."""
+def check_value(name, value, kind, ranges=True):
+    """``value`` converted to ``kind`` and checked against the range of ``name``.
+
+    Args:
+        name (str): The hyperparameter.
+        value: Its value.
+        kind (type): ``float``, ``int``, ``bool`` or ``str``.
+        ranges (bool): Check the range BackOBS's optimizers give ``name`` (``lr >= 0``,
+            ``damping > 0``, ...); off for a researcher's optimizer, whose names mean what
+            it says.
+
+    Returns:
+        The value, converted (an integer given for a float becomes a float).
+
+    Raises:
+        ValueError: Naming the hyperparameter and what it accepts.
+    """
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"hyperparameter {name} must be a number, got {value!r}")
@@ -70,7 +85,7 @@ def check_value(name, value, kind):
             raise ValueError(f"hyperparameter {name} must be True or False, got {value!r}")
     elif not isinstance(value, kind):
         raise ValueError(f"hyperparameter {name} must be a {kind.__name__}, got {value!r}")
-    if name in _RANGES:
+    if ranges and name in _RANGES:
         valid, requirement = _RANGES[name](value)
         if not valid:
             raise ValueError(f"hyperparameter {name} {requirement}, got {value!r}")

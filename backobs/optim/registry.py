@@ -3,20 +3,23 @@
 :data:`OPTIMIZERS` holds the six :class:`~backobs.optim.damped_newton.DampedNewton`
 curvatures and the first-order baselines ``"sgd"``, ``"momentum"`` and ``"adam"``
 (``torch.optim`` with DeepOBS's hyperparameter names), each with its hyperparameters in
-DeepOBS's format.
+DeepOBS's format. :func:`resolve_optimizer` also knows a researcher's own classes, by import
+path (``package.module:ClassName``) or by entry point (:mod:`backobs.optim.external`).
 """
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from backobs.optim import external
 from backobs.optim.damped_newton import _MONTE_CARLO, DampedNewton
 from backobs.optim.hyperparameters import check_value
 
 __all__ = [
     "OPTIMIZERS",
     "OptimizerSpec",
+    "resolve_optimizer",
     "check_hyperparameters",
     "make_optimizer",
     "required_extensions",
@@ -35,12 +38,24 @@ class OptimizerSpec:
         build (Callable): ``build(params, **hyperparameters)`` returns the
             ``torch.optim.Optimizer``.
         description (str): One line for help texts.
+        folder (str, optional): The results folder's name (default: ``name``); a class's
+            ``__name__`` for a researcher's optimizer.
+        optimizer_class (type, optional): The class of a researcher's optimizer (``None`` for
+            BackOBS's own): its values are checked by building it once on a dummy
+            parameter, and BackOBS's ranges by name (``lr >= 0``, ...) do not apply.
     """
 
     name: str
     hyperparameters: dict
     build: Callable
     description: str
+    folder: Optional[str] = None
+    optimizer_class: Optional[type] = None
+
+    @property
+    def folder_name(self):
+        """str: Where DeepOBS's layout puts the optimizer's results."""
+        return self.folder or self.name
 
 
 def _sgd(params, lr):
@@ -111,26 +126,69 @@ OPTIMIZERS = {
 """Every optimizer ``backobs run --optimizer NAME`` accepts, by name."""
 
 
+_RESOLVED = {}
+
+
+def resolve_optimizer(name):
+    """The optimizer a name refers to: BackOBS's own, an import path, or an entry point.
+
+    Args:
+        name (str): A key of :data:`OPTIMIZERS`, ``package.module:ClassName`` (a
+            ``torch.optim.Optimizer`` subclass), or an entry point's name of the group
+            ``backobs.optimizers``.
+
+    Returns:
+        OptimizerSpec: Its hyperparameters, how to build it, its results folder.
+
+    Raises:
+        ValueError: An unknown name (listing what is known), a module that does not import,
+            a class that does not exist or is not an optimizer, unknowable hyperparameters.
+    """
+    if name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    if name not in _RESOLVED:
+        try:
+            cls = external.load_class(name)
+        except KeyError:
+            installed = ", ".join(sorted(external.entry_points())) or "none installed"
+            raise ValueError(
+                f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}, an "
+                f"entry point of the group {external.ENTRY_POINT_GROUP} ({installed}), or "
+                "your own class as package.module:ClassName"
+            ) from None
+        doc = (cls.__doc__ or "").strip().splitlines()
+        _RESOLVED[name] = OptimizerSpec(
+            name=name,
+            hyperparameters=external.hyperparameters_of(cls),
+            build=cls,
+            description=doc[0].strip() if doc else f"{cls.__module__}.{cls.__qualname__}",
+            folder=cls.__name__,
+            optimizer_class=cls,
+        )
+    return _RESOLVED[name]
+
+
 def _spec(name):
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name]
+    return resolve_optimizer(name)
 
 
 def check_hyperparameters(name, hyperparams):
     """Validate an optimizer's hyperparameters and fill in the defaults.
 
+    A researcher's optimizer is also built once on a dummy parameter with the values, so
+    that a constructor that rejects them does so here, before any run.
+
     Args:
-        name (str): A key of :data:`OPTIMIZERS`.
+        name (str): An optimizer's name, as :func:`resolve_optimizer` takes it.
         hyperparams (dict): Hyperparameter values by name.
 
     Returns:
         dict: Every hyperparameter of the optimizer, given or default, converted to its type.
 
     Raises:
-        ValueError: For an unknown optimizer, an unknown or missing hyperparameter, or a
-            value of the wrong type, out of range or not finite; the message names it and
-            what it accepts.
+        ValueError: For an unknown optimizer, an unknown or missing hyperparameter, a
+            value of the wrong type, out of range or not finite, or a constructor that
+            raises on the values; the message names it and what it accepts.
     """
     spec = _spec(name)
     unknown = sorted(set(hyperparams) - set(spec.hyperparameters))
@@ -147,15 +205,38 @@ def check_hyperparameters(name, hyperparams):
             value = entry["default"]
         else:
             raise ValueError(f"optimizer {name!r} needs the hyperparameter {hyperparameter}")
-        checked[hyperparameter] = check_value(hyperparameter, value, entry["type"])
+        if spec.optimizer_class is None:
+            checked[hyperparameter] = check_value(hyperparameter, value, entry["type"])
+            continue
+        if value is None and entry.get("default", 0) is None:
+            checked[hyperparameter] = None  # the signature's "not given"
+            continue
+        value = check_value(hyperparameter, value, entry["type"], ranges=False)
+        external.check_range(hyperparameter, value, entry)
+        checked[hyperparameter] = value
+    if spec.optimizer_class is not None:
+        _try_build(spec, checked)
     return checked
 
 
+def _try_build(spec, hyperparams):
+    dummy = torch.nn.Parameter(torch.zeros(1))
+    try:
+        spec.build([dummy], **hyperparams)
+    except Exception as error:
+        values = ", ".join(f"{key}={value!r}" for key, value in hyperparams.items())
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(
+            f"optimizer {spec.name!r} rejects the hyperparameters {values}: "
+            f"{type(error).__name__}: {message}"
+        ) from None
+
+
 def make_optimizer(name, params, **hyperparams):
-    """Build the optimizer ``name`` of :data:`OPTIMIZERS` on ``params``.
+    """Build the optimizer ``name`` (see :func:`resolve_optimizer`) on ``params``.
 
     Args:
-        name (str): E.g. ``"kfac"`` or ``"sgd"``.
+        name (str): E.g. ``"kfac"``, ``"sgd"`` or ``"mypkg.opt:MyOpt"``.
         params: Parameters or parameter groups.
         **hyperparams: Its hyperparameters (defaults fill the missing ones).
 

@@ -4,6 +4,7 @@ Every option is checked before any work starts (:func:`check_run_arguments`); a 
 raises :class:`backobs.checks.OptionError`, printed as one line with exit code 2.
 """
 
+import argparse
 import os
 
 from backobs.checks import (
@@ -40,6 +41,12 @@ EXTENSION_NAMES = tuple(extension.__name__ for extension in _extensions.ALL)
 SHORT_RUN_STEPS = 10
 """Runs of at most this many training steps print the extension shapes every step."""
 
+NONNEGATIVE_HYPERPARAMETERS = frozenset(
+    {"lr", "learning_rate", "damping", "momentum", "beta1", "beta2", "epsilon", "ema_decay"}
+)
+"""Hyperparameters that must be >= 0 in every run (the names of BackOBS's and DeepOBS's
+optimizers); any other numeric hyperparameter must only be finite."""
+
 
 def add_run_arguments(parser, hyperparameters, demo_defaults=None, default_extension="BatchGrad"):
     """Add the options of one training run to ``parser``.
@@ -69,12 +76,24 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, default_exten
         kind = specification.get("type", float)
         help_text = specification.get("help", "")
         if kind is bool:
-            optimizer.add_argument(
-                f"--{name}",
-                action="store_true",
-                default=bool(specification.get("default", False)),
-                help=help_text or f"Switch {name} on.",
-            )
+            default = specification.get("default", False)
+            if default is True or "default" not in specification:
+                optimizer.add_argument(
+                    f"--{name}",
+                    action=argparse.BooleanOptionalAction,
+                    default=default if "default" in specification else None,
+                    required="default" not in specification,
+                    help=(help_text + f" (default: {default})").strip()
+                    if "default" in specification
+                    else (help_text + " (required)").strip(),
+                )
+            else:
+                optimizer.add_argument(
+                    f"--{name}",
+                    action="store_true",
+                    default=default,
+                    help=help_text or f"Switch {name} on.",
+                )
             continue
         if "default" in specification:
             help_text += f" (default: {specification['default']})"
@@ -277,8 +296,11 @@ def check_run_arguments(arguments):
     check_nonnegative_int("--log-interval", arguments.get("log_interval"), "never")
     for option, value in (arguments.get("hyperparams") or {}).items():
         if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
+            # finite always; >= 0 for the names whose meaning BackOBS knows (lr, damping,
+            # ...): a researcher's own hyperparameter may be negative
+            minimum = 0 if option in NONNEGATIVE_HYPERPARAMETERS else None
             arguments["hyperparams"][option] = type(value)(
-                check_finite_float(f"--{option}", value, minimum=0)
+                check_finite_float(f"--{option}", value, minimum=minimum)
             )
     extensions = arguments.get("extensions")
     if extensions is not None:

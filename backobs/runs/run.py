@@ -28,7 +28,8 @@ class Run:
 
     Attributes:
         problem (str): DeepOBS problem name, e.g. ``"mnist_logreg"``.
-        optimizer (str): Name in :data:`backobs.optim.OPTIMIZERS`, e.g. ``"kfac"``.
+        optimizer (str): Name in :data:`backobs.optim.OPTIMIZERS`, e.g. ``"kfac"``, or a
+            researcher's class as ``package.module:ClassName`` (imported where it runs).
         hyperparams (dict): The optimizer's hyperparameters, e.g. ``{"lr": 0.1}``; missing
             ones take their defaults.
         seed (int): DeepOBS's random seed.
@@ -85,30 +86,32 @@ class Run:
 
 
 def make_runner(optimizer_name, progress_bar=False):
-    """The :class:`~backobs.runs.runner.BackpackRunner` for one of ``backobs.optim``'s optimizers.
+    """The :class:`~backobs.runs.runner.BackpackRunner` for an optimizer known by name.
 
     The optimizer's own extensions (e.g. KFAC's factors for ``"kfac"``) are active in every
     step; its results folder is named after it.
 
     Args:
-        optimizer_name (str): A name in :data:`backobs.optim.OPTIMIZERS`.
+        optimizer_name (str): A name in :data:`backobs.optim.OPTIMIZERS`, an import path
+            ``package.module:ClassName`` or an entry point's name (see
+            :func:`backobs.optim.resolve_optimizer`).
         progress_bar (bool): Show a progress bar over the steps of each epoch.
 
     Returns:
         BackpackRunner: The runner.
 
     Raises:
-        backobs.runs.options.OptionError: For an unknown optimizer name.
+        backobs.runs.options.OptionError: For an unknown optimizer name, or a class that
+            cannot be imported.
     """
     from backobs import optim
     from backobs.runs import options
     from backobs.runs.runner import BackpackRunner
 
-    if optimizer_name not in optim.OPTIMIZERS:
-        raise options.OptionError(
-            f"unknown optimizer {optimizer_name!r}; choose one of: {', '.join(optim.OPTIMIZERS)}"
-        )
-    spec = optim.OPTIMIZERS[optimizer_name]
+    try:
+        spec = optim.resolve_optimizer(optimizer_name)
+    except ValueError as error:
+        raise options.OptionError(str(error)) from None
     holder = {}
 
     def build(params, **hyperparams):
@@ -123,7 +126,7 @@ def make_runner(optimizer_name, progress_bar=False):
         spec.hyperparameters,
         make_extensions=extensions,
         progress_bar=progress_bar,
-        optimizer_name=spec.name,
+        optimizer_name=spec.folder_name,
     )
 
 

@@ -260,12 +260,21 @@ def _parse_optimizers(value, fail):
     if not value:
         fail("optimizers", "empty: the grid would have no runs")
     grid = []
+    folders = {}  # results folder -> the optimizer (name or import path) that writes there
     for name, hyperparams in value.items():
         key = f"optimizers.{name}"
-        if name not in optim.OPTIMIZERS:
+        if not isinstance(name, str):
+            fail("optimizers", f"an optimizer's name must be a string, got {name!r}")
+        try:
+            spec = optim.resolve_optimizer(name)
+        except ValueError as error:
+            fail("optimizers", _one_line(error))
+        other = folders.setdefault(spec.folder_name, name)
+        if other != name:
             fail(
                 "optimizers",
-                f"unknown optimizer {name!r}; choose from {', '.join(optim.OPTIMIZERS)}",
+                f"{other!r} and {name!r} are different classes named {spec.folder_name!r}: "
+                "their results would share one folder; rename one of the classes",
             )
         if hyperparams is None:
             hyperparams = {}
@@ -273,7 +282,7 @@ def _parse_optimizers(value, fail):
             fail(
                 key, f"must be a mapping from hyperparameter to value or list, got {hyperparams!r}"
             )
-        known = optim.OPTIMIZERS[name].hyperparameters
+        known = spec.hyperparameters
         axes = []
         for hyperparameter, values in hyperparams.items():
             if hyperparameter not in known:
@@ -375,7 +384,7 @@ def _describe_hyperparams(optimizer, hyperparams):
     """``name=value`` of the hyperparameters that differ from the optimizer's defaults."""
     from backobs import optim
 
-    known = optim.OPTIMIZERS[optimizer].hyperparameters
+    known = optim.resolve_optimizer(optimizer).hyperparameters
     return " ".join(
         f"{name}={value}"
         for name, value in hyperparams.items()

@@ -1,10 +1,13 @@
 """Helpers shared by the sweep tests without a cluster: a tiny sweep file, the command line."""
 
 import argparse
+import json
+import os
 
 import yaml
 
 from backobs.sweep import command as sweep_command
+from backobs.sweep.execute import MANIFEST_NAME
 
 TINY = {
     "batch_size": 4,
@@ -44,3 +47,9 @@ def parse_command_line(spec_path, *options):
     parser = argparse.ArgumentParser()
     sweep_command.add_arguments(parser)
     return parser.parse_args([spec_path, *options])
+
+
+def read_manifest(output_dir):
+    """The manifest's records, one per line."""
+    with open(os.path.join(output_dir, MANIFEST_NAME)) as stream:
+        return [json.loads(line) for line in stream]
