@@ -20,6 +20,8 @@ One job per module:
 - :mod:`~backobs.sweep.execute`: :func:`execute_runs` hands runs to a Dask client, skips the
   runs whose results file exists, and appends one JSON line per run to
   ``<output_dir>/sweep_manifest.jsonl``.
+- :mod:`~backobs.sweep.claims`: a worker claims each run before it starts it, so that
+  several sweep commands on one folder compute each run once.
 - :mod:`~backobs.sweep.cluster`: a ``LocalCluster`` by default, any scheduler with
   ``--scheduler``; :func:`dask_setup` is the local workers' preload hook.
 - :mod:`~backobs.sweep.protocol`: :func:`run_sweep` (the grid, then the final seeds);
@@ -44,6 +46,7 @@ from backobs._lazy import lazy_attributes
 _NAMES = {
     "spec": ("Sweep", "SPEC_KEYS", "FIRST_SEED", "load_sweep", "parse_sweep"),
     "execute": ("SweepOutcome", "MANIFEST_NAME", "execute_runs"),
+    "claims": (),
     "cluster": ("dask_setup",),
     "protocol": ("SUMMARY_NAME", "run_sweep", "choose_best", "final_runs"),
     "command": ("add_arguments",),

@@ -124,10 +124,16 @@ def _report(args, sweep, outcomes):
         if r["status"] in _RUN_STATUSES_DONE
     }
     skipped = sum(
-        r["status"] == "skipped" and json.dumps(r["run"], sort_keys=True) not in ran_now
+        r["status"] == "skipped"
+        and not r.get("elsewhere")
+        and json.dumps(r["run"], sort_keys=True) not in ran_now
         for o in outcomes
         for r in o.records
     )
+    elsewhere = sum(
+        r["status"] == "skipped" and bool(r.get("elsewhere")) for o in outcomes for r in o.records
+    )
+    by_others = f", {elsewhere} run by another command on the folder" if elsewhere else ""
     failed = sum(o.count("failed", "interrupted") for o in outcomes)
     manifest = os.path.join(sweep.output_dir, MANIFEST_NAME)
     if any(o.interrupted for o in outcomes):
@@ -139,7 +145,9 @@ def _report(args, sweep, outcomes):
             file=sys.stderr,
         )
         return 130
-    print(f"[sweep] done: {ran} runs finished, {skipped} were done before, {failed} failed")
+    print(
+        f"[sweep] done: {ran} runs finished, {skipped} were done before{by_others}, {failed} failed"
+    )
     print(f"[sweep] manifest: {manifest}")
     if failed:
         print(

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from backobs import runs
+from backobs.sweep import claims
 from backobs.sweep.cluster import ALLOWED_FAILURES, _quietly
-from backobs.sweep.spec import _describe_run, _one_line
+from backobs.sweep.spec import _describe_run, _one_line, _run_key
 
 __all__ = ["MANIFEST_NAME", "SweepOutcome", "execute_runs"]
 
@@ -78,10 +79,16 @@ class _Manifest:
         }
         record.update(extra)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        # One small write per record, appended: records of one sweep never interleave.
-        with open(self.path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record, allow_nan=False, default=str) + "\n")
-            stream.flush()
+        # One write() per record on a file opened with O_APPEND: the kernel appends it whole,
+        # so the records of several sweep commands on one folder never interleave.
+        data = (json.dumps(record, allow_nan=False, default=str) + "\n").encode("utf-8")
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(descriptor, data)
+            while written < len(data):  # a short write (a signal): append the rest
+                written += os.write(descriptor, data[written:])
+        finally:
+            os.close(descriptor)
         return record
 
 
@@ -91,13 +98,16 @@ class _Manifest:
 _RUN_LOCK = threading.Lock()
 
 
-def _run_on_worker(run_dict):
+def _run_on_worker(run_dict, sweep_id=None):
     """Execute one run in a Dask worker; never raises for the run's own errors.
 
+    The run is claimed first (:mod:`backobs.sweep.claims`); a run that another live command
+    has claimed is not run here (status ``"claimed"``, with the claimant in ``owner``).
+
     Returns:
-        dict: ``status`` (``"finished"``, ``"diverged"``, ``"interrupted"`` or ``"failed"``),
-        ``path``, ``seconds``, ``worker``, ``error`` (``"Type: message"``), ``output``
-        (the tail of what the run printed, for failed runs).
+        dict: ``status`` (``"finished"``, ``"diverged"``, ``"interrupted"``, ``"failed"`` or
+        ``"claimed"``), ``path``, ``seconds``, ``worker``, ``error`` (``"Type: message"``),
+        ``output`` (the tail of what the run printed, for failed runs).
     """
     import torch
 
@@ -120,10 +130,20 @@ def _run_on_worker(run_dict):
             if done is not None:  # a retry after the first worker died having written it
                 record.update(status="finished", path=done, seconds=0.0, reused=True)
                 return record
-            # The runner gives DeepOBS a Python random generator of its own for the run
-            # (the Dask event loop draws from the global one).
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                result = runs.execute(run, verbose=False)
+            held, owner = claims.claim(claims.claim_path(run), sweep_id)
+            if held is None:
+                record.update(status="claimed", path=None, seconds=0.0, owner=owner)
+                return record
+            with held:
+                done = runs.existing_result(run)  # finished elsewhere just before the claim
+                if done is not None:
+                    record.update(status="finished", path=done, seconds=0.0, reused=True)
+                    return record
+                claims.remove_leftovers(run)  # of a claimant killed mid-run
+                # The runner gives DeepOBS a Python random generator of its own for the run
+                # (the Dask event loop draws from the global one).
+                with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                    result = runs.execute(run, verbose=False)
         except Exception as error:  # a failed run is a result of the sweep
             record.update(
                 status="failed",
@@ -205,11 +225,30 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
     started = time.perf_counter()
     counts = {"ended": 0, "failed": 0}
 
+    deferred = {}  # runs another command has claimed: run key -> (run, its claimant)
+
+    def submit(run):
+        key = f"backobs-run-{run.problem}-{run.optimizer}-{uuid.uuid4().hex[:12]}"
+        # No retries: a run that raises is recorded as failed (it would raise again); a
+        # run whose worker died is rescheduled by the scheduler (allowed-failures).
+        futures[
+            client.submit(_run_on_worker, run.to_dict(), manifest.sweep_id, key=key, pure=False)
+        ] = run
+
     def record(future):
         run = futures.pop(future)
         result = _collect(future, run, KilledWorker)
         result["task"] = future.key
         status = result.pop("status")
+        if status == "claimed":
+            owner = result.get("owner") or {}
+            deferred[_run_key(run)] = (run, owner)
+            tqdm.write(
+                f"[sweep] {_describe_run(run)}: claimed by another command "
+                f"(host {owner.get('host')}, pid {owner.get('pid')}); waiting for it",
+                file=out,
+            )
+            return
         outcome.records.append(manifest.append(run, status, **result))
         counts["ended"] += 1
         counts["failed"] += status == "failed"
@@ -225,14 +264,15 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
     last_poll, running = 0.0, 0
     try:
         for run in pending_runs:
-            key = f"backobs-run-{run.problem}-{run.optimizer}-{uuid.uuid4().hex[:12]}"
-            # No retries: a run that raises is recorded as failed (it would raise again); a
-            # run whose worker died is rescheduled by the scheduler (allowed-failures).
-            future = client.submit(_run_on_worker, run.to_dict(), key=key, pure=False)
-            futures[future] = run
-        while futures:
+            submit(run)
+        last_check = 0.0
+        while futures or deferred:
             for future in [future for future in futures if future.done()]:
                 record(future)
+            if deferred and time.perf_counter() - last_check > CLAIM_POLL_SECONDS:
+                last_check = time.perf_counter()
+                for key in list(deferred):
+                    _check_deferred(key, deferred, submit, outcome, manifest, counts, bar)
             now = time.perf_counter()
             if futures and now - last_poll > 1.0:
                 running = _running(client, set(f.key for f in futures))
@@ -247,10 +287,31 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
         # runs that ended before the cancel reached them are results: record them
         for future in [f for f in futures if f.done() and f.status == "finished"]:
             _quietly(record, future)
-        outcome.not_run = len(futures)
+        outcome.not_run = len(futures) + len(deferred)
     finally:
         bar.close()
     return outcome
+
+
+CLAIM_POLL_SECONDS = 2.0
+"""How often a sweep looks at the runs that another command is running."""
+
+
+def _check_deferred(key, deferred, submit, outcome, manifest, counts, bar):
+    """A run another command claimed: done there (skipped here), or abandoned (run here)."""
+    run, _ = deferred[key]
+    path = runs.existing_result(run)
+    if path is not None:
+        _, owner = deferred.pop(key)
+        outcome.records.append(manifest.append(run, "skipped", path=path, elsewhere=owner or None))
+        counts["ended"] += 1
+        bar.update(1)
+        return
+    claim_file = claims.claim_path(run)
+    current = claims.owner_of(claim_file)
+    if current is None or claims.is_stale(claim_file, current):
+        del deferred[key]  # its claimant ended without results, or is gone: run it here
+        submit(run)
 
 
 def _collect(future, run, killed_worker_error):
