@@ -63,6 +63,7 @@ def _run_command(args):
     from backobs import optim
     from backobs.runs import options
     from backobs.runs.run import make_runner
+    from backobs.runs.runner import ResultsWriteError
 
     hyperparameters = args.hyperparameter_names
     del args.hyperparameter_names
@@ -74,7 +75,11 @@ def _run_command(args):
     except ValueError as error:
         raise checks.OptionError(str(error)) from None
     runner = make_runner(optimizer, progress_bar=True)
-    output = runner.run(**arguments)
+    try:
+        output = runner.run(**arguments)
+    except ResultsWriteError as error:  # the run is lost: say where and why, exit 1
+        print(f"backobs run: error: {error}", file=sys.stderr)
+        return 1
     return 0 if output is None or output.get("status") != "interrupted" else 130
 
 

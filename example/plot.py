@@ -23,8 +23,10 @@ Example:
 """
 
 import argparse
+import glob
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -60,10 +62,15 @@ def step_log_path(results_path):
     return results_path.with_name(results_path.stem + STEP_LOG_SUFFIX)
 
 
+def _without_part(name):
+    """A file name without the runner's temporary suffix (``.<pid>-<random>.part``, ``.part``)."""
+    return re.sub(r"(\.\d+-[0-9a-f]+)?\.part$", "", name)
+
+
 def results_path_of_step_log(path):
     """The results file that a step log belongs to (the inverse of :func:`step_log_path`)."""
     path = Path(path)
-    name = path.name.removesuffix(".part")  # the name while the run writes it
+    name = _without_part(path.name)  # the name while the run writes it
     stem = name[: -len(STEP_LOG_SUFFIX)] if name.endswith(STEP_LOG_SUFFIX) else Path(name).stem
     return path.with_name(stem + ".json")
 
@@ -87,7 +94,7 @@ def read_results(path):
     try:
         results = json.loads(text)
     except json.JSONDecodeError as error:
-        name = path.name.removesuffix(".part")
+        name = _without_part(path.name)
         if name.endswith(STEP_LOG_SUFFIX) or _is_step_record(_first_line_as_json(text)):
             raise _step_log_given(path) from None
         raise FileFormatError(
@@ -643,9 +650,14 @@ def main(argv=None):
     results_path = Path(args.results)
     output = Path(args.output) if args.output else results_path.with_suffix(".png")
     steps_path = Path(args.steps) if args.steps else step_log_path(results_path)
-    unfinished = steps_path.with_name(steps_path.name + ".part")
-    if not args.steps and not steps_path.exists() and unfinished.exists():
-        steps_path = unfinished  # the runner renames it when it closes the log
+    # the runner writes <log>.<pid>-<random>.part (older ones <log>.part), renamed when closed
+    unfinished = sorted(
+        [*steps_path.parent.glob(glob.escape(steps_path.name) + ".*.part"),
+         *steps_path.parent.glob(glob.escape(steps_path.name) + ".part")],
+        key=lambda candidate: candidate.stat().st_mtime,
+    )  # fmt: skip
+    if not args.steps and not steps_path.exists() and unfinished:
+        steps_path = unfinished[-1]
     try:
         results = read_results(results_path)
         if args.steps and not steps_path.exists():
@@ -665,7 +677,7 @@ def main(argv=None):
     except FileFormatError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    if steps_path == unfinished:
+    if unfinished and steps_path == unfinished[-1]:
         print(f"Read the unfinished step log {steps_path} (its run has not closed it)")
     if incomplete:
         print(f"{parser.prog}: warning: left out the incomplete last line of {steps_path}",

@@ -44,6 +44,20 @@ EXTENSION_NAMES = options.EXTENSION_NAMES
 _RESULT_CHANGING_OPTIONS = ("steps_per_epoch", "eval_batches", "synthetic_data")
 
 
+class ResultsWriteError(OSError):
+    """The results file of a run cannot be written (a full disk, a lost mount, ...).
+
+    Args:
+        path (str): The results file.
+        error (OSError): What writing it raised.
+    """
+
+    def __init__(self, path, error):
+        reason = error.strerror or str(error)
+        super().__init__(f"cannot write the results file {path}: {reason}")
+        self.path = path
+
+
 class BackpackRunner(_deepobs.runners.PTRunner):
     """DeepOBS's PyTorch runner, training with backprop extensions active.
 
@@ -91,6 +105,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         self._progress_bar = progress_bar
         self._eval_batches = None
         self._state = None
+        self._last_step_log = None
         self.last_results_path = None
 
     # Entry points ----------------------------------------------------------------------
@@ -351,11 +366,18 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         )
         output.update(self._state)
         output["synthetic_data"] = bool(training_params.get("synthetic_data"))
+        step_log = self._last_step_log
+        if step_log is not None and step_log.path is not None:
+            output["step_log"] = os.path.basename(step_log.path) if step_log.written else None
+            output["step_log_error"] = step_log.error
         if not no_logs:
-            self.write_output(output, run_directory, file_name)
+            try:
+                self.write_output(output, run_directory, file_name)
+            except OSError as error:
+                raise ResultsWriteError(results_path, error) from None
             self.last_results_path = results_path
             print(f"[backobs] Results: {results_path}")
-            if step_log_path and os.path.exists(step_log_path):
+            if step_log_path and self._last_step_log.written:
                 print(f"[backobs] Step log: {step_log_path}")
         if self._state["status"] == "interrupted":
             raise KeyboardInterrupt
@@ -413,6 +435,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             log_interval = 1 if total is not None and total <= options.SHORT_RUN_STEPS else 0
         self._announce_caps(steps_per_epoch, eval_batches)
         step_log = StepLog(step_log_path, tproblem.net, print_interval=log_interval)
+        self._last_step_log = step_log
         summary_writer = _open_summary_writer(tb_log_dir) if tb_log else None
         loop = TrainingLoop(
             tproblem,

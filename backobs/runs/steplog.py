@@ -16,8 +16,9 @@ sample (``sample_values``, e.g. ``batch_l2``). Kronecker factors (lists of tenso
 ``shape``, ``norm`` and ``mean`` per factor, in the order ``[B, A]``.
 
 The file is strict JSON: a non-finite number (a diverged run) is written as ``null``. It is
-written to ``<path>.part`` while the run goes and renamed to ``path`` when closed, so a
-reader never sees a half-written file under the final name.
+written to ``<path>.<pid>-<random>.part`` while the run goes and renamed to ``path`` when
+closed, so a reader never sees a half-written file under the final name. A write error (a
+full disk) drops the log and not the run (:meth:`StepLog.write`).
 
 Example:
     >>> log = StepLog("run.steps.jsonl", model, print_interval=0)
@@ -30,9 +31,12 @@ Example:
     >>> log.close()
 """
 
+import contextlib
 import json
 import math
 import os
+import sys
+import uuid
 
 import torch
 from tqdm import tqdm
@@ -66,12 +70,26 @@ def write_json_atomically(path, value, indent=4):
         value: The JSON-serialisable content (non-finite floats become ``null``).
         indent (int): Indentation, as :func:`json.dump`.
     """
-    temporary = f"{path}.part"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(strict_json(value), file, indent=indent, allow_nan=False)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    temporary = temporary_name(path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(strict_json(value), file, indent=indent, allow_nan=False)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def temporary_name(path):
+    """A temporary file name beside ``path``, unique to this process and call.
+
+    ``<path>.<pid>-<random>.part``: two processes that write the same file (two commands on
+    one folder) never share a temporary file.
+    """
+    return f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part"
 
 
 def summarize_quantity(value, per_sample=False):
@@ -130,7 +148,10 @@ class StepLog:
         self._print_interval = print_interval
         self._named_parameters = list(net.named_parameters())
         self._file = None
+        self._temporary = None
         self.steps = 0
+        self.bytes_written = 0
+        self.error = None  # why the log was dropped (a write error), else None
 
     def record(self, epoch, step, global_step, loss, extensions):
         """Summarise the quantities now on the parameters (after ``backward()``).
@@ -167,21 +188,62 @@ class StepLog:
     def write(self, entry):
         """Append one entry (a dict) to the log as a line of strict JSON.
 
+        A write error (no space, quota, permission, I/O) drops the log, not the run: the
+        partial file is removed, one warning line goes to stderr, :attr:`error` says why, and
+        later entries are discarded.
+
         Args:
             entry (dict): The entry; non-finite numbers are written as ``null``.
         """
-        if self._file is None:
-            self._file = open(f"{self.path}.part", "w", encoding="utf-8")
-        self._file.write(json.dumps(strict_json(entry), allow_nan=False) + "\n")
-        self._file.flush()
+        if self.error is not None:
+            return
+        line = json.dumps(strict_json(entry), allow_nan=False) + "\n"
+        try:
+            if self._file is None:
+                self._temporary = temporary_name(self.path)
+                self._file = open(self._temporary, "w", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+        except OSError as error:
+            self._drop(error)
+            return
         self.steps += 1
+        self.bytes_written += len(line.encode("utf-8"))
 
     def close(self):
         """Close the file and move it to its final name (nothing if nothing was written)."""
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self._file.close()
             self._file = None
-            os.replace(f"{self.path}.part", self.path)
+            os.replace(self._temporary, self.path)
+        except OSError as error:
+            self._drop(error)
+
+    @property
+    def written(self):
+        """bool: The log is complete under its final name."""
+        return self.error is None and self.path is not None and os.path.exists(self.path)
+
+    def _drop(self, error):
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        if self._temporary is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self._temporary)
+        self.error = f"{type(error).__name__}: {error}"
+        per_step = self.bytes_written / self.steps if self.steps else None
+        size = f"; each logged step took {per_step / 1024:.1f} KiB" if per_step else ""
+        print(
+            f"backobs run: warning: step log dropped after {self.steps} logged steps "
+            f"({self.error}; {self.path}){size}: training goes on and the results file is "
+            "written; for a step log use a larger --log-interval, fewer --extensions, or "
+            "another --output_dir",
+            file=sys.stderr,
+        )
 
 
 def _print_shapes(name, values):

@@ -163,10 +163,11 @@ def test_interrupted_run_with_partial_log(run_example, tmp_path):
     assert [len(line.get_xdata()) for line in losses.get_lines()] == [2, 2, 2]
 
 
-def test_unfinished_step_log_is_read(run_example, tmp_path):
-    """A run killed before closing its log leaves ``<stem>.steps.jsonl.part``."""
+@pytest.mark.parametrize("suffix", [".4242-0a1b2c3d.part", ".part"], ids=["runner's", "older"])
+def test_unfinished_step_log_is_read(run_example, tmp_path, suffix):
+    """A run killed before closing its log leaves ``<stem>.steps.jsonl.<pid>-<random>.part``."""
     records = [step_record(step, layers=1) for step in range(3)]
-    results_path = write_run(tmp_path, results_dict(), records, suffix=".part")
+    results_path = write_run(tmp_path, results_dict(), records, suffix=suffix)
     result = run_example("plot.py", results_path)
     assert_plotted(result, results_path.with_suffix(".png"))
     assert "unfinished step log" in result.stdout

@@ -32,7 +32,14 @@ DEEPOBS_KEYS = {
     "valid_accuracies",
     "test_accuracies",
 }
-BACKOBS_KEYS = {"status", "diverged_at_step", "epoch_seconds", "synthetic_data"}
+BACKOBS_KEYS = {
+    "status",
+    "diverged_at_step",
+    "epoch_seconds",
+    "synthetic_data",
+    "step_log",
+    "step_log_error",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +98,8 @@ def test_run_writes_deepobs_results_and_step_log(monkeypatch, tmp_path, capsys):
     with open(results_file, encoding="utf-8") as file:
         assert json.load(file)["train_losses"] == output["train_losses"]
     assert glob.glob(os.path.join(os.path.dirname(results_file), "*.part")) == []
+    assert output["step_log"] == os.path.basename(results_file).replace(".json", ".steps.jsonl")
+    assert output["step_log_error"] is None
 
     # The log keeps every step, the terminal every second one.
     steps = read_step_log(results_file)
