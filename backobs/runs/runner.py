@@ -31,31 +31,17 @@ import backobs
 from backobs.adapter import data as data_sources
 from backobs.adapter import deepobs as _deepobs
 from backobs.runs import options
-from backobs.runs.steplog import StepLog, write_json_atomically
+from backobs.runs.steplog import ResultsWriteError, StepLog, write_json_atomically
 from backobs.runs.training import METRICS, TrainingLoop
 from backpack_core import extensions as extensions_module
 
-__all__ = ["BackpackRunner", "EXTENSION_NAMES"]
+__all__ = ["BackpackRunner", "EXTENSION_NAMES", "ResultsWriteError"]
 
 EXTENSION_NAMES = options.EXTENSION_NAMES
 
 # Training parameters that change the numbers in the results file and therefore belong
 # in the name of DeepOBS's settings folder (the others only change what is logged).
 _RESULT_CHANGING_OPTIONS = ("steps_per_epoch", "eval_batches", "synthetic_data")
-
-
-class ResultsWriteError(OSError):
-    """The results file of a run cannot be written (a full disk, a lost mount, ...).
-
-    Args:
-        path (str): The results file.
-        error (OSError): What writing it raised.
-    """
-
-    def __init__(self, path, error):
-        reason = error.strerror or str(error)
-        super().__init__(f"cannot write the results file {path}: {reason}")
-        self.path = path
 
 
 class BackpackRunner(_deepobs.runners.PTRunner):

@@ -62,6 +62,20 @@ def strict_json(value):
     return value
 
 
+class ResultsWriteError(OSError):
+    """The results file of a run cannot be written (a full disk, a lost mount, ...).
+
+    Args:
+        path (str): The results file.
+        error (OSError): What writing it raised.
+    """
+
+    def __init__(self, path, error):
+        reason = error.strerror or str(error)
+        super().__init__(f"cannot write the results file {path}: {reason}")
+        self.path = path
+
+
 def write_json_atomically(path, value, indent=4):
     """Write ``value`` as strict JSON to ``path`` through a temporary file and a rename.
 
