@@ -1,5 +1,6 @@
 """Writing a report: the tables and figures of every problem into one folder."""
 
+import math
 import os
 import warnings
 
@@ -48,7 +49,8 @@ def write_report(reports, out_dir, warn=None, verdict=None):
 
     summary.to_csv(target("report.csv"), index=False)
     settings.to_csv(target("settings.csv"), index=False)
-    verdict.scores.to_csv(target("scores.csv"), index=False)
+    # Not reached (inf) is an empty cell, like a speedup that cannot be computed.
+    verdict.scores.replace(math.inf, math.nan).to_csv(target("scores.csv"), index=False)
     verdict.profile_table().to_csv(target("profile.csv"), index=False)
     profile_name = None
     if verdict.problems:
