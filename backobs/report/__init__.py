@@ -37,7 +37,9 @@ One job per module:
 - :mod:`~backobs.report.rank`: the ranking rule (:func:`rank_settings`, :func:`build_report`),
   the one that ``backobs sweep --final-seeds`` uses too.
 - :mod:`~backobs.report.tables`: the summary and settings tables, and the Markdown table.
-- :mod:`~backobs.report.figures`: performance, sensitivity and cost figures.
+- :mod:`~backobs.report.figures`: performance, sensitivity, cost and profile figures.
+- :mod:`~backobs.report.verdict`: the verdict across problems: time to a target, the
+  performance profile and benchmark score, warnings about the grids (:func:`build_verdict`).
 - :mod:`~backobs.report.write`: :func:`write_report`, all of it into one folder.
 - :mod:`~backobs.report.command`: the ``backobs report`` command.
 
@@ -69,7 +71,22 @@ _NAMES = {
         "settings_table",
         "markdown_table",
     ),
-    "figures": ("plot_performance", "plot_sensitivity", "plot_cost"),
+    "figures": ("plot_performance", "plot_sensitivity", "plot_cost", "plot_profile"),
+    "verdict": (
+        "PROFILE_BY",
+        "SCORES_COLUMNS",
+        "Verdict",
+        "add_notes",
+        "benchmark_score",
+        "build_verdict",
+        "default_target",
+        "first_reach",
+        "hyperparameter_notes",
+        "parse_targets",
+        "profile_steps",
+        "profile_table",
+        "seed_crossings",
+    ),
     "write": ("write_report",),
     "command": ("add_arguments",),
 }

@@ -1,13 +1,20 @@
 """The ``backobs report`` command: :func:`add_arguments` and :func:`command`.
 
 Importing it loads NumPy (for the choices of ``--metric``, ``--mode`` and ``--aggregate``)
-but neither pandas nor matplotlib: those are imported when a report is made.
+but neither pandas nor matplotlib: those are imported when a report is made (``--target``
+is parsed by :mod:`~backobs.report.verdict`, which imports pandas, after the folders are
+checked).
 """
 
 import glob
 import os
 
-from backobs.checks import OptionError, check_readable_directory, check_writable_directory
+from backobs.checks import (
+    OptionError,
+    check_finite_float,
+    check_readable_directory,
+    check_writable_directory,
+)
 from backobs.report.rank import AGGREGATES, METRICS, MODES
 
 
@@ -53,6 +60,39 @@ def add_arguments(parser):
         choices=AGGREGATES,
         help="Over seeds: mean and standard deviation (default), or median and quartiles.",
     )
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="PROBLEM=VALUE",
+        help="The value of the ranking metric to reach on PROBLEM (repeatable; default: the "
+        "seed-mean final value of the baseline's best setting).",
+    )
+    parser.add_argument(
+        "--baseline",
+        default="sgd",
+        metavar="NAME",
+        help="The optimizer folder that sets the default targets and the speedups "
+        "(default: sgd, any case).",
+    )
+    parser.add_argument(
+        "--profile-by",
+        "--profile_by",
+        dest="profile_by",
+        default=None,
+        choices=("seconds", "epochs"),
+        help="Compare by seconds or epochs to target in the performance profile (default: "
+        "seconds, epochs where some results record no epoch_seconds).",
+    )
+    parser.add_argument(
+        "--tau-max",
+        "--tau_max",
+        dest="tau_max",
+        type=float,
+        default=4.0,
+        metavar="TAU",
+        help="The benchmark score integrates the profile over [1, TAU] (default: 4).",
+    )
 
 
 def command(args):
@@ -60,7 +100,8 @@ def command(args):
 
     Args:
         args (argparse.Namespace): ``results_dir``, ``out_dir``, ``metric``, ``mode``,
-            ``aggregate``.
+            ``aggregate``, ``target``, ``baseline``, ``profile_by``, ``tau_max`` (the last
+            four optional).
 
     Returns:
         int: 0.
@@ -80,9 +121,15 @@ def command(args):
             names = ", ".join(choice for choice in choices if choice)
             raise OptionError(f"{option} must be one of {names}, got {value!r}")
 
+    from backobs.report.verdict import build_verdict, parse_targets
+
+    targets = parse_targets(getattr(args, "target", None))
+    tau_max = check_finite_float("--tau-max", getattr(args, "tau_max", 4.0), 1.0, strict=True)
+
     from backobs.report.rank import build_report
     from backobs.report.read import read_results
     from backobs.report.tables import markdown_table, summary_table
+    from backobs.report.verdict import add_notes
     from backobs.report.write import write_report
 
     results = read_results(results_dir, exclude=[out_dir])
@@ -92,8 +139,15 @@ def command(args):
             "(<problem>/<optimizer>/<setting>/random_seed__*.json)" + _layout_hint(results_dir)
         )
     reports = build_report(results, metric=args.metric, mode=args.mode, how=args.aggregate)
-    written = write_report(reports, out_dir)
-    print(markdown_table(summary_table(reports), args.aggregate), end="")
+    verdict = build_verdict(
+        reports,
+        targets=targets,
+        baseline=getattr(args, "baseline", "sgd"),
+        profile_by=getattr(args, "profile_by", None),
+        tau_max=tau_max,
+    )
+    written = write_report(reports, out_dir, verdict=verdict)
+    print(markdown_table(add_notes(summary_table(reports), verdict.notes), args.aggregate), end="")
     for path in written:
         print(f"Wrote {path}")
     return 0

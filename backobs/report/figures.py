@@ -265,6 +265,9 @@ def plot_cost(report, path):
         errors[1].append(high - center)
     names = [optimizer for optimizer, _ in timed]
     bars.bar(names, centers, yerr=errors, capsize=4, color=colors)
+    if len(names) > 4 or max(len(name) for name in names) > 10:
+        # Many or long names: upright, one line of text wide each, so that none overlap.
+        bars.tick_params(axis="x", labelrotation=90)
     bars.set_ylabel("seconds per training epoch")
     bars.set_title(f"best setting per optimizer, {_aggregate_words(report.how)}", fontsize="small")
     curves = []
@@ -285,5 +288,49 @@ def plot_cost(report, path):
     losses.set_ylabel("test loss")
     losses.legend(fontsize="small")
     figure.suptitle(_title(report, "cost"), fontsize="medium")
+    figure.savefig(path, dpi=100)
+    return figure
+
+
+def plot_profile(verdict, path):
+    """The performance profile, written as a PNG: ``rho`` against ``tau``, one step line each.
+
+    The tau axis runs from 1 to ``tau_max`` (or to the largest finite ratio, if larger), on
+    a log scale when that spans more than a decade; the legend gives each benchmark score.
+
+    Args:
+        verdict (Verdict): As :func:`~backobs.report.verdict.build_verdict` makes it.
+        path (str): The PNG to write.
+
+    Returns:
+        matplotlib.figure.Figure: The figure.
+    """
+    from backobs.report.verdict import profile_steps
+
+    finite = [r for ratios in verdict.ratios.values() for r in ratios if math.isfinite(r)]
+    end = max([verdict.tau_max, *finite])
+    figure = _figure(7, 4.5)
+    axis = figure.subplots()
+    for index, (optimizer, score) in enumerate(verdict.benchmark_scores.items()):
+        steps = profile_steps(verdict.ratios[optimizer])
+        taus = [tau for tau, _ in steps] + [end]
+        rhos = [rho for _, rho in steps] + [steps[-1][1]]
+        axis.step(
+            taus, rhos, where="post", color=f"C{index % 10}", label=f"{optimizer} ({score:.3g})"
+        )
+    if end > verdict.tau_max:
+        axis.axvline(verdict.tau_max, color="gray", linestyle=":", label="tau_max")
+    if end > 10:
+        axis.set_xscale("log")
+    axis.set_xlim(1, end)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel(f"tau ({verdict.by} to target / fastest's)")
+    axis.set_ylabel("rho: fraction of problems within tau")
+    axis.legend(title="optimizer (score)", fontsize="small")
+    count = len(verdict.problems)
+    figure.suptitle(
+        f"Performance profile by {verdict.by} to target, {count} problem{'s' * (count != 1)}",
+        fontsize="medium",
+    )
     figure.savefig(path, dpi=100)
     return figure

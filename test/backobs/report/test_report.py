@@ -189,7 +189,11 @@ def test_table_means_and_deviations_by_hand(clean_folder, tmp_path, capsys):
     assert kfac["test_accuracy"] == pytest.approx(0.9)
     assert kfac["test_accuracy_std"] == pytest.approx(math.sqrt(0.02 / 3))
     assert kfac["cost_vs_sgd"] == pytest.approx(3.0)
-    assert table["notes"].isna().all()
+    # Each best lr is its grid's largest: the verdict's note (test_verdict.py tests the rest).
+    assert list(table["notes"]) == [
+        f"best lr is the grid's largest, {lr}: extend the grid above"
+        for lr in [rows[name]["hyperparameters"][3:] for name in table["optimizer"]]
+    ]
 
     markdown = (out / "report.md").read_text()
     assert "| mnist_logreg | sgd | lr=0.1 | 2 | final valid_accuracies = 0.85 | 0.75 ± 0.05 |" in (
@@ -319,7 +323,16 @@ def test_messy_folder_marks_and_warnings(tmp_path, capsys):
     assert "interrupted" in next(line for line in stderr if skipped[2] in line)
     assert not any("steps.jsonl" in line or "README" in line for line in stderr)
     assert any("no cost figure for quadratic_deep" in line for line in stderr)
-    assert len(stderr) == 4
+    # And the verdict's notes on the grids (test_verdict.py tests them).
+    assert [line for line in stderr if "grid" in line] == [
+        "backobs report: warning: mnist_logreg/kfac: best damping is the grid's smallest, "
+        "0.01: extend the grid below",
+        "backobs report: warning: mnist_logreg/sgd: best lr is the grid's largest, 0.1: "
+        "extend the grid above",
+        "backobs report: warning: quadratic_deep/SGD: best lr is the grid's smallest, 0.01: "
+        "extend the grid below",
+    ]
+    assert len(stderr) == 7
 
     settings = pd.read_csv(out / "settings.csv").fillna("")
     kfac = settings[settings["optimizer"] == "kfac"].to_dict("records")
@@ -341,7 +354,9 @@ def test_messy_folder_marks_and_warnings(tmp_path, capsys):
 
     table = pd.read_csv(out / "report.csv")
     rows = {(row["problem"], row["optimizer"]): row for row in table.to_dict("records")}
-    assert rows["mnist_logreg", "kfac"]["notes"] == "1 of 4 settings diverged"
+    assert rows["mnist_logreg", "kfac"]["notes"] == (
+        "1 of 4 settings diverged; best damping is the grid's smallest, 0.01: extend the grid below"
+    )
     # The sgd setting kept its 2 seeds: the broken, foreign and interrupted files are out.
     assert rows["mnist_logreg", "sgd"]["seeds"] == 2
     quadratic = rows["quadratic_deep", "SGD"]
@@ -367,7 +382,11 @@ def test_a_rerun_seed_counts_once_with_its_newest_file(tmp_path, capsys):
 def test_the_default_output_folder_is_not_read_as_results(clean_folder, capsys):
     for _ in range(2):
         assert report.command.command(parse(clean_folder)) == 0
-    assert capsys.readouterr().err == ""
+    # Only the verdict's notes on the grids (each best lr is the largest), nothing read twice.
+    assert [line.split(": ")[2] for line in capsys.readouterr().err.splitlines()] == [
+        "mnist_logreg/kfac",
+        "mnist_logreg/sgd",
+    ] * 2
     assert_png(clean_folder / "report" / "mnist_logreg_performance.png")
     reports = report.build_report(report.read_results(str(clean_folder)))
     assert list(reports) == ["mnist_logreg"]
@@ -479,8 +498,10 @@ def test_report_on_runner_results(runner_results, tmp_path, capsys):
     assert report.command.command(parse(runner_results, "-o", out)) == 0
     stderr = capsys.readouterr().err.splitlines()
     assert stderr == [
+        "backobs report: warning: quadratic_deep/SGD: best lr is the grid's smallest, 0.01: "
+        "extend the grid below",
         "backobs report: warning: no cost figure for quadratic_deep: its results record no "
-        "epoch_seconds"
+        "epoch_seconds",
     ]
 
     table = pd.read_csv(out / "report.csv")
