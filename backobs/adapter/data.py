@@ -13,19 +13,23 @@ modules only, at a :class:`_DatasetSource` that decides at construction time:
   ``deepobs.config.get_data_dir()``). If that fails (offline, files missing or corrupt),
   :class:`DataUnavailableError` says which data set, which directory, and the ways out.
 
-Synthetic items are computed from ``(seed, data set, split, index)`` when they are read,
-never held as a whole (full-size CIFAR-10 in float32 would be 0.7 GB). Each class has a fixed
-smooth, left-right symmetric pattern; an item is its class's pattern plus pixel noise, so a
-net can learn the classes (and random crops and flips keep the class visible).
+Synthetic items are computed from ``(seed, data set, split, index)`` when they are read
+(one at a time for DeepOBS's loaders, many at once for the tensor data path, with the same
+values), never held as a whole by this module. Each class has a fixed smooth, left-right
+symmetric pattern; an item is its class's pattern plus uniform pixel noise from a
+counter-based hash, so a net can learn the classes (and random crops and flips keep the
+class visible).
 """
 
 import importlib
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as torchvision_datasets
@@ -36,6 +40,7 @@ __all__ = [
     "DataUnavailableError",
     "SyntheticImageDataset",
     "SYNTHETIC_SPECS",
+    "synthetic_items",
     "use_synthetic_data",
     "synthetic_data_enabled",
     "synthetic_data_seed",
@@ -159,6 +164,9 @@ _SPLIT_KEYS = {"train": 0, "test": 1}
 _PATTERN_CELL = 4
 _PATTERN_SCALE = 40.0
 _NOISE_SCALE = 45.0
+# Items are computed in pieces of this many, so that a large request holds at most a few
+# hundred MB of int64 temporaries.
+_GENERATION_CHUNK = 4096
 
 
 @lru_cache(maxsize=None)
@@ -181,11 +189,94 @@ def _class_patterns(name, seed):
     return patterns / patterns.std(axis=(1, 2, 3), keepdims=True)
 
 
+@lru_cache(maxsize=None)
+def _salts(name, split, seed):
+    """Two 32-bit salts (labels, pixels) that separate the random streams of one split."""
+    spec = SYNTHETIC_SPECS[name]
+    state = np.random.SeedSequence((seed, spec.key, _SPLIT_KEYS[split])).generate_state(2)
+    return int(state[0]), int(state[1])
+
+
+def _mix32(values):
+    """A bijective 32-bit mixing function (MurmurHash3's finaliser), in place on uint32."""
+    values ^= values >> 16
+    values *= np.uint32(0x85EBCA6B)
+    values ^= values >> 13
+    values *= np.uint32(0xC2B2AE35)
+    values ^= values >> 16
+    return values
+
+
+def synthetic_items(spec, split, seed, indices, device=None):
+    """Compute synthetic items, batched: the values that every item access returns.
+
+    Item ``i`` depends only on ``(seed, data set, split, i)``: its label and each pixel's
+    noise are a counter-based hash of these numbers, so a batch of items costs a few
+    array operations and equals the items computed one by one. The arithmetic is NumPy's
+    (uint32 and float32, the same bits on every machine); the result is moved to ``device``.
+
+    Args:
+        spec (SyntheticSpec): The data set.
+        split (str): ``"train"`` or ``"test"``.
+        seed (int): Seed of the whole data set.
+        indices (torch.Tensor or Sequence[int]): Positions in the split, ``[n]``.
+        device (torch.device or str, optional): Where the result goes (default: the CPU).
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: ``uint8`` images ``[n, channels, height,
+        width]`` and ``int64`` labels ``[n]``, on ``device``.
+
+    Raises:
+        IndexError: An index is outside ``[0, size of the split)``.
+    """
+    size = spec.split_sizes[split]
+    if torch.is_tensor(indices):
+        indices = indices.detach().cpu().numpy()
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        bad = indices[(indices < 0) | (indices >= size)][0]
+        raise IndexError(f"index {bad} out of range for {size} items")
+    label_salt, pixel_salt = (np.uint32(salt) for salt in _salts(spec.name, split, seed))
+    height, width = spec.image_size
+    pixels_per_item = spec.channels * height * width
+    # [classes, channels * height * width], channels first like the images.
+    patterns = _PATTERN_SCALE * _class_patterns(spec.name, seed).transpose(0, 3, 1, 2)
+    patterns = patterns.reshape(spec.num_classes, -1).astype(np.float32) + np.float32(127.5)
+    pixel_offsets = np.arange(pixels_per_item, dtype=np.uint32)
+    # Noise: the top 24 bits as a uniform number in (0, 1), centred, scaled to variance 1.
+    noise_scale = np.float32(_NOISE_SCALE * math.sqrt(12.0) * 2.0**-24)
+    noise_shift = np.float32(0.5 * 2**24 - 0.5)
+    images = np.empty((indices.size, pixels_per_item), dtype=np.uint8)
+    labels = np.empty(indices.size, dtype=np.int64)
+    for start in range(0, indices.size, _GENERATION_CHUNK):
+        chunk = indices[start : start + _GENERATION_CHUNK].astype(np.uint32)
+        chunk_labels = _mix32(_mix32(chunk * np.uint32(0x9E3779B1) + label_salt))
+        chunk_labels = (chunk_labels % np.uint32(spec.num_classes)).astype(np.int64)
+        # Each split has fewer than 2**32 pixels, so the counters do not wrap.
+        bits = chunk[:, None] * np.uint32(pixels_per_item) + pixel_offsets
+        bits = _mix32(_mix32(bits) ^ pixel_salt)
+        noise = (bits >> 8).astype(np.float32)
+        noise -= noise_shift
+        noise *= noise_scale
+        noise += patterns[chunk_labels]
+        np.rint(noise, out=noise)
+        np.clip(noise, 0, 255, out=noise)
+        images[start : start + len(chunk)] = noise
+        labels[start : start + len(chunk)] = chunk_labels
+    images = torch.from_numpy(images.reshape(-1, spec.channels, height, width))
+    labels = torch.from_numpy(labels)
+    if device is not None:
+        images, labels = images.to(device), labels.to(device)
+    return images, labels
+
+
 class SyntheticImageDataset(Dataset):
     """A learnable stand-in for one split of a torchvision image data set.
 
     Items are ``(PIL image, int label)`` pairs like torchvision's, so DeepOBS's transforms
-    apply unchanged. Item ``i`` is computed from ``(seed, data set, split, i)`` when read.
+    apply unchanged. Item ``i`` is computed from ``(seed, data set, split, i)`` when read
+    (:func:`synthetic_items`, which also computes many items at once for the tensor data
+    path).
 
     Args:
         spec (SyntheticSpec): The data set to imitate (see ``SYNTHETIC_SPECS``).
@@ -209,6 +300,10 @@ class SyntheticImageDataset(Dataset):
     def __len__(self):
         return self.spec.split_sizes[self.split]
 
+    def items(self, indices, device=None):
+        """Compute many items at once (see :func:`synthetic_items`), before any transform."""
+        return synthetic_items(self.spec, self.split, self.seed, indices, device=device)
+
     def raw_item(self, index):
         """Compute item ``index`` before any transform.
 
@@ -220,13 +315,8 @@ class SyntheticImageDataset(Dataset):
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        spec = self.spec
-        rng = np.random.default_rng((self.seed, spec.key, _SPLIT_KEYS[self.split], int(index)))
-        label = int(rng.integers(spec.num_classes))
-        noise = rng.standard_normal((*spec.image_size, spec.channels))
-        pattern = _class_patterns(spec.name, self.seed)[label]
-        pixels = 127.5 + _PATTERN_SCALE * pattern + _NOISE_SCALE * noise
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), label
+        images, labels = self.items([index])
+        return images[0].permute(1, 2, 0).numpy(), int(labels[0])
 
     def __getitem__(self, index):
         pixels, label = self.raw_item(index)
