@@ -18,6 +18,8 @@ __all__ = [
     "check_writable_directory",
     "check_readable_directory",
     "OneLineParser",
+    "DATA_LOADERS",
+    "check_data_loader",
 ]
 
 
@@ -168,3 +170,20 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         """Print ``<prog>: error: <message>`` and exit with code 2 (no usage block)."""
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+DATA_LOADERS = ("tensor", "deepobs")
+"""The values of ``--data-loader``: BackOBS's tensor path (default) or DeepOBS's loaders."""
+
+
+def check_data_loader(option, value):
+    """Check a ``--data-loader`` value (``None`` means the default, ``"tensor"``).
+
+    Raises:
+        OptionError: Naming the value and the choices.
+    """
+    if value is not None and value not in DATA_LOADERS:
+        raise OptionError(
+            f"{option} {value!r} is not a data loader; choose one of: {', '.join(DATA_LOADERS)}"
+        )
+    return value

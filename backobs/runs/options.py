@@ -8,8 +8,10 @@ import argparse
 import os
 
 from backobs.checks import (
+    DATA_LOADERS,
     OneLineParser,
     OptionError,
+    check_data_loader,
     check_finite_float,
     check_nonnegative_int,
     check_positive_int,
@@ -27,6 +29,8 @@ __all__ = [
     "check_writable_directory",
     "check_readable_directory",
     "check_device",
+    "check_data_loader",
+    "DATA_LOADERS",
     "check_run_arguments",
     "add_run_arguments",
     "run_arguments",
@@ -217,6 +221,16 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, default_exten
         "--device",
         help="Device to train on, e.g. cpu or cuda:0 (default: cuda if available, else cpu).",
     )
+    backobs.add_argument(
+        "--data-loader",
+        "--data_loader",
+        dest="data_loader",
+        default="tensor",
+        choices=DATA_LOADERS,
+        help="tensor: each data split decoded once into a tensor on the device, mini-batches "
+        "by indexing (DeepOBS's samplers and order; augmentation batched on the device); "
+        "deepobs: DeepOBS's per-image loaders (default: tensor).",
+    )
     if demo:
         backobs.add_argument(
             "--full",
@@ -312,6 +326,7 @@ def check_run_arguments(arguments):
             )
     if arguments.get("device") is not None:
         check_device("--device", arguments["device"])
+    check_data_loader("--data-loader", arguments.get("data_loader"))
     if not arguments.get("no_logs"):
         check_writable_directory("--output_dir", arguments.get("output_dir") or "./results")
     data_dir = arguments.get("data_dir")

@@ -42,6 +42,8 @@ class Run:
         output_dir (str): Root of the results folders.
         extensions (tuple[str, ...]): Extensions to log besides the optimizer's own.
         device (str, optional): Torch device.
+        data_loader (str): ``"tensor"`` (BackOBS's tensor data path) or ``"deepobs"``
+            (DeepOBS's per-image loaders).
     """
 
     problem: str
@@ -57,6 +59,7 @@ class Run:
     output_dir: str = "results"
     extensions: Tuple[str, ...] = ()
     device: Optional[str] = None
+    data_loader: str = "tensor"
 
     def to_dict(self):
         """Return the run as a JSON-serialisable dict."""
@@ -153,6 +156,7 @@ def _runner_arguments(run):
         synthetic_data=run.synthetic_data,
         log_interval=0,
         device=run.device,
+        data_loader=run.data_loader,
     )
 
 

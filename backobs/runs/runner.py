@@ -11,26 +11,26 @@ random_seed__<seed>__<date>.json``). What it adds:
 - a log of the extension outputs for every step beside the results file
   (``<results file stem>.steps.jsonl``, see :mod:`backobs.runs.steplog`);
 - extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
-  ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps)
-  and ``synthetic_data``. Results are strict JSON (a non-finite number is ``null``) and
-  written atomically;
+  ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps),
+  ``synthetic_data``, ``data_loader`` (the data path that served the run: ``"tensor"`` or
+  ``"deepobs"``) and ``data_loader_fallback`` (why the tensor path was not used, or null).
+  Results are strict JSON (a non-finite number is ``null``) and written atomically;
 - Ctrl-C ends the run with the completed epochs written (``status: "interrupted"``), then
   re-raises :class:`KeyboardInterrupt` (:meth:`BackpackRunner.main` turns it into exit
   code 130);
 - its options (:mod:`backobs.runs.options`) are checked before any work.
 """
 
-import importlib
 import os
-import random
 import sys
 import warnings
-from contextlib import contextmanager
 
 import backobs
 from backobs.adapter import data as data_sources
 from backobs.adapter import deepobs as _deepobs
+from backobs.adapter import tensor_data
 from backobs.runs import options
+from backobs.runs.process_state import deepobs_private_python_random, problem_lookup, scoped
 from backobs.runs.steplog import ResultsWriteError, StepLog, write_json_atomically
 from backobs.runs.training import METRICS, TrainingLoop
 from backpack_core import extensions as extensions_module
@@ -91,6 +91,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         self._progress_bar = progress_bar
         self._eval_batches = None
         self._state = None
+        self._data_path = {"data_loader": "tensor", "data_loader_fallback": None}
         self._last_step_log = None
         self.last_results_path = None
 
@@ -167,7 +168,8 @@ class BackpackRunner(_deepobs.runners.PTRunner):
 
         ``training_params`` are BackOBS's: ``extensions`` (list of names),
         ``steps_per_epoch``, ``eval_batches``, ``log_interval``, ``synthetic_data``,
-        ``device``. Without ``testproblem`` everything is read from the command line.
+        ``device``, ``data_loader`` (``"tensor"``, the default, or ``"deepobs"``). Without
+        ``testproblem`` everything is read from the command line.
 
         Returns:
             dict: The results, as written to the results file; ``None`` if skipped.
@@ -262,10 +264,16 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             The set-up and extended test problem.
         """
         problem_class = backobs.get_problem_class(testproblem)
-        with _problem_lookup(testproblem, problem_class):
+        with problem_lookup(testproblem, problem_class):
             tproblem = super().create_testproblem(
                 testproblem, batch_size, weight_decay, random_seed
             )
+        if self._data_path["data_loader"] == "tensor":
+            fallback = tensor_data.attach(tproblem)
+            self._data_path = {
+                "data_loader": "deepobs" if fallback else "tensor",
+                "data_loader_fallback": fallback,
+            }
         return backobs.extend_problem(tproblem)
 
     # One run ---------------------------------------------------------------------------
@@ -275,21 +283,23 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         device = arguments.pop("device", None)
         synthetic = bool(arguments.get("synthetic_data")) or data_sources.synthetic_data_enabled()
         arguments["synthetic_data"] = synthetic
+        arguments["data_loader"] = arguments.get("data_loader") or "tensor"
+        self._data_path = {"data_loader": arguments["data_loader"], "data_loader_fallback": None}
         self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
         self.last_results_path = None
         with (
-            _scoped(
+            scoped(
                 _deepobs.pytorch.config.get_default_device,
                 _deepobs.pytorch.config.set_default_device,
                 device,
             ),
-            _scoped(
+            scoped(
                 _deepobs.config.get_data_dir,
                 _deepobs.config.set_data_dir,
                 arguments.get("data_dir"),
             ),
             data_sources.data_source(synthetic),
-            _deepobs_private_python_random(),
+            deepobs_private_python_random(),
         ):
             return self._train_and_write(testproblem, **arguments)
 
@@ -351,6 +361,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             **training_params,
         )
         output.update(self._state)
+        output.update(self._data_path)
         output["synthetic_data"] = bool(training_params.get("synthetic_data"))
         step_log = self._last_step_log
         if step_log is not None and step_log.path is not None:
@@ -530,62 +541,3 @@ def _open_summary_writer(log_dir):
         warnings.warn(f"TensorBoard logging is off: {error}", RuntimeWarning, stacklevel=3)
         return None
     return SummaryWriter(log_dir=log_dir)
-
-
-# DeepOBS 1.1.2 seeds Python's global generator and splits training from validation data
-# with it (``from random import seed`` in its runner, ``from random import shuffle`` in its
-# data sets). Any other thread drawing from that generator during a run (a Dask worker's event
-# loop samples frames with ``random.randint``; seen there in about one run in seven) changes
-# the split and every number after it. During a run DeepOBS gets a generator of its own:
-# seeded with the same seed and drawn in the same order, it gives a lone run's numbers.
-_DEEPOBS_RANDOM_USERS = (
-    ("deepobs.pytorch.runners.runner", "seed"),
-    ("deepobs.pytorch.datasets.dataset", "shuffle"),
-)
-
-
-@contextmanager
-def _deepobs_private_python_random():
-    """Give DeepOBS's ``seed`` and ``shuffle`` a private ``random.Random`` for a block."""
-    private = random.Random()
-    saved = []
-    for module_name, name in _DEEPOBS_RANDOM_USERS:
-        module = importlib.import_module(module_name)
-        if hasattr(module, name):
-            saved.append((module, name, getattr(module, name)))
-            setattr(module, name, getattr(private, name))
-    try:
-        yield
-    finally:
-        for module, name, original in saved:
-            setattr(module, name, original)
-
-
-@contextmanager
-def _scoped(get, set_value, value):
-    """``set_value(value)`` for a block, the previous value restored after; ``None`` keeps it."""
-    if value is None:
-        yield
-        return
-    previous = get()
-    set_value(value)
-    try:
-        yield
-    finally:
-        set_value(previous)
-
-
-@contextmanager
-def _problem_lookup(name, problem_class):
-    """Let DeepOBS's ``create_testproblem`` find ``name`` for the duration of the call."""
-    testproblems = _deepobs.testproblems
-    missing = object()
-    previous = getattr(testproblems, name, missing)
-    setattr(testproblems, name, problem_class)
-    try:
-        yield
-    finally:
-        if previous is missing:
-            delattr(testproblems, name)
-        else:
-            setattr(testproblems, name, previous)

@@ -38,6 +38,7 @@ SPEC_KEYS = {
     "output_dir": "a directory (default: results)",
     "extensions": "a list of extension names active in every step",
     "device": "a device such as cpu or cuda:0",
+    "data_loader": "tensor (default) or deepobs",
 }
 """The keys a sweep file may have, with what each accepts."""
 
@@ -56,7 +57,8 @@ class Sweep:
         seeds (tuple): Seeds of the grid.
         settings (dict): The training settings shared by every run: ``batch_size``,
             ``num_epochs``, ``steps_per_epoch``, ``eval_batches``, ``synthetic_data``,
-            ``data_dir`` and ``output_dir`` (absolute paths), ``extensions``, ``device``.
+            ``data_dir`` and ``output_dir`` (absolute paths), ``extensions``, ``device``,
+            ``data_loader``.
     """
 
     source: str
@@ -363,6 +365,7 @@ def _parse_settings(data, fail):
             )
     settings["extensions"] = tuple(extensions)
     settings["device"] = data.get("device")
+    settings["data_loader"] = checked("data_loader", checks.check_data_loader) or "tensor"
     return settings
 
 
