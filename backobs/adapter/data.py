@@ -207,6 +207,54 @@ def _mix32(values):
     return values
 
 
+@lru_cache(maxsize=None)
+def _pattern_table(name, seed):
+    """``127.5 + scale * pattern`` per class as float32 ``[classes, channels * height * width]``."""
+    spec = SYNTHETIC_SPECS[name]
+    patterns = _PATTERN_SCALE * _class_patterns(name, seed).transpose(0, 3, 1, 2)
+    return patterns.reshape(spec.num_classes, -1).astype(np.float32) + np.float32(127.5)
+
+
+def _items(spec, split, seed, indices):
+    """NumPy ``uint8`` images ``[n, channels * height * width]`` and labels of ``indices``."""
+    label_salt, pixel_salt = (np.uint32(salt) for salt in _salts(spec.name, split, seed))
+    patterns = _pattern_table(spec.name, seed)
+    pixels_per_item = patterns.shape[1]
+    pixel_offsets = np.arange(pixels_per_item, dtype=np.uint32)
+    # Noise: the top 24 bits as a uniform number in (0, 1), centred, scaled to variance 1.
+    noise_scale = np.float32(_NOISE_SCALE * math.sqrt(12.0) * 2.0**-24)
+    noise_shift = np.float32(0.5 * 2**24 - 0.5)
+    images = np.empty((indices.size, pixels_per_item), dtype=np.uint8)
+    labels = np.empty(indices.size, dtype=np.int64)
+    for start in range(0, indices.size, _GENERATION_CHUNK):
+        chunk = indices[start : start + _GENERATION_CHUNK].astype(np.uint32)
+        chunk_labels = _mix32(_mix32(chunk * np.uint32(0x9E3779B1) + label_salt))
+        chunk_labels = (chunk_labels % np.uint32(spec.num_classes)).astype(np.int64)
+        # Each split has fewer than 2**32 pixels, so the counters do not wrap.
+        bits = chunk[:, None] * np.uint32(pixels_per_item) + pixel_offsets
+        bits = _mix32(_mix32(bits) ^ pixel_salt)
+        noise = (bits >> 8).astype(np.float32)
+        noise -= noise_shift
+        noise *= noise_scale
+        noise += patterns[chunk_labels]
+        np.rint(noise, out=noise)
+        np.clip(noise, 0, 255, out=noise)
+        images[start : start + len(chunk)] = noise
+        labels[start : start + len(chunk)] = chunk_labels
+    return images, labels
+
+
+def _checked_indices(spec, split, indices):
+    size = spec.split_sizes[split]
+    if torch.is_tensor(indices):
+        indices = indices.detach().cpu().numpy()
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        bad = indices[(indices < 0) | (indices >= size)][0]
+        raise IndexError(f"index {bad} out of range for {size} items")
+    return indices
+
+
 def synthetic_items(spec, split, seed, indices, device=None):
     """Compute synthetic items, batched: the values that every item access returns.
 
@@ -229,41 +277,8 @@ def synthetic_items(spec, split, seed, indices, device=None):
     Raises:
         IndexError: An index is outside ``[0, size of the split)``.
     """
-    size = spec.split_sizes[split]
-    if torch.is_tensor(indices):
-        indices = indices.detach().cpu().numpy()
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if indices.size and (indices.min() < 0 or indices.max() >= size):
-        bad = indices[(indices < 0) | (indices >= size)][0]
-        raise IndexError(f"index {bad} out of range for {size} items")
-    label_salt, pixel_salt = (np.uint32(salt) for salt in _salts(spec.name, split, seed))
-    height, width = spec.image_size
-    pixels_per_item = spec.channels * height * width
-    # [classes, channels * height * width], channels first like the images.
-    patterns = _PATTERN_SCALE * _class_patterns(spec.name, seed).transpose(0, 3, 1, 2)
-    patterns = patterns.reshape(spec.num_classes, -1).astype(np.float32) + np.float32(127.5)
-    pixel_offsets = np.arange(pixels_per_item, dtype=np.uint32)
-    # Noise: the top 24 bits as a uniform number in (0, 1), centred, scaled to variance 1.
-    noise_scale = np.float32(_NOISE_SCALE * math.sqrt(12.0) * 2.0**-24)
-    noise_shift = np.float32(0.5 * 2**24 - 0.5)
-    images = np.empty((indices.size, pixels_per_item), dtype=np.uint8)
-    labels = np.empty(indices.size, dtype=np.int64)
-    for start in range(0, indices.size, _GENERATION_CHUNK):
-        chunk = indices[start : start + _GENERATION_CHUNK].astype(np.uint32)
-        chunk_labels = _mix32(_mix32(chunk * np.uint32(0x9E3779B1) + label_salt))
-        chunk_labels = (chunk_labels % np.uint32(spec.num_classes)).astype(np.int64)
-        # Each split has fewer than 2**32 pixels, so the counters do not wrap.
-        bits = chunk[:, None] * np.uint32(pixels_per_item) + pixel_offsets
-        bits = _mix32(_mix32(bits) ^ pixel_salt)
-        noise = (bits >> 8).astype(np.float32)
-        noise -= noise_shift
-        noise *= noise_scale
-        noise += patterns[chunk_labels]
-        np.rint(noise, out=noise)
-        np.clip(noise, 0, 255, out=noise)
-        images[start : start + len(chunk)] = noise
-        labels[start : start + len(chunk)] = chunk_labels
-    images = torch.from_numpy(images.reshape(-1, spec.channels, height, width))
+    images, labels = _items(spec, split, seed, _checked_indices(spec, split, indices))
+    images = torch.from_numpy(images.reshape(-1, spec.channels, *spec.image_size))
     labels = torch.from_numpy(labels)
     if device is not None:
         images, labels = images.to(device), labels.to(device)
@@ -315,8 +330,10 @@ class SyntheticImageDataset(Dataset):
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        images, labels = self.items([index])
-        return images[0].permute(1, 2, 0).numpy(), int(labels[0])
+        spec = self.spec
+        images, labels = _items(spec, self.split, self.seed, np.array([index]))
+        pixels = images.reshape(spec.channels, *spec.image_size).transpose(1, 2, 0)
+        return pixels, int(labels[0])
 
     def __getitem__(self, index):
         pixels, label = self.raw_item(index)
