@@ -19,6 +19,8 @@ DeepOBS's loaders.
 import torch
 from torchvision import transforms as T
 
+from backobs.adapter import augment
+
 __all__ = ["UnsupportedTransform", "compile_transform"]
 
 
@@ -40,7 +42,32 @@ def _normalize(transform):
 
 
 def _image_step(transform):
-    """The batched ``uint8`` form of a transform that works on PIL images, or ``None``."""
+    """The batched ``uint8`` form of a transform that works on PIL images, or ``None``.
+
+    Random parameters come from torch's default generator of the images' device.
+    """
+    if isinstance(transform, T.Pad):
+        padding, fill, mode = transform.padding, transform.fill, transform.padding_mode
+        if mode != "constant":
+            raise UnsupportedTransform(
+                f"the tensor data path pads with a constant only, not in {mode!r} mode"
+            )
+        return lambda images: augment.pad(images, padding, fill)
+    if isinstance(transform, T.RandomCrop):
+        if transform.padding is not None or transform.pad_if_needed:
+            raise UnsupportedTransform(
+                "the tensor data path does not know RandomCrop's own padding (use Pad before it)"
+            )
+        size = tuple(transform.size)
+        return lambda images: augment.random_crop(images, size)
+    if isinstance(transform, T.RandomHorizontalFlip):
+        p = transform.p
+        return lambda images: augment.random_horizontal_flip(images, p)
+    if isinstance(transform, T.ColorJitter):
+        if transform.hue is not None:
+            raise UnsupportedTransform("the tensor data path does not know ColorJitter's hue")
+        ranges = (transform.brightness, transform.contrast, transform.saturation)
+        return lambda images: augment.color_jitter(images, *ranges)
     return None
 
 
