@@ -13,12 +13,13 @@ Usage::
 
 from backpack_core.config import memory_limit, set_conv_individual_gradients, set_memory_limit
 from backpack_core.derivatives import register_derivatives, supported_modules
-from backpack_core.engine import backpack, extend
+from backpack_core.engine import backpack, extend, no_records
 
 __all__ = [
     "backpack",
     "extend",
     "memory_limit",
+    "no_records",
     "register_derivatives",
     "set_conv_individual_gradients",
     "set_memory_limit",

@@ -28,6 +28,7 @@ module of its own (a parameter-free module needs no registered derivatives).
 """
 
 import weakref
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -371,8 +372,27 @@ def _on_output_grad(record: _Record, grad_output: Tensor) -> None:
         record.release()
 
 
+_NO_RECORDS: List[bool] = []  # non-empty inside no_records()
+
+
+@contextmanager
+def no_records():
+    """Forward passes inside the block keep nothing for extensions.
+
+    For a forward pass whose backward runs with no extension active (plain training steps
+    of an extended network): it then costs about what the network costs without
+    :func:`extend`, and gives the same numbers. A backward pass of such a forward inside
+    ``backpack(...)`` computes no quantities, so the extensions' attributes stay unset.
+    """
+    _NO_RECORDS.append(True)
+    try:
+        yield
+    finally:
+        _NO_RECORDS.pop()
+
+
 def _forward_hook(module: Module, inputs: tuple, output) -> None:
-    if autograd_fallback.evaluating():
+    if _NO_RECORDS or autograd_fallback.evaluating():
         return  # the fallback differentiating a module: not a call of the network
     if not torch.is_grad_enabled() or not isinstance(output, Tensor) or not output.requires_grad:
         return

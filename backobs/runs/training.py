@@ -15,10 +15,11 @@ import math
 import signal
 import threading
 import time
+from contextlib import nullcontext
 
 from tqdm import tqdm
 
-from backpack_core import backpack
+from backpack_core import backpack, no_records
 
 __all__ = ["TrainingLoop", "METRICS"]
 
@@ -183,8 +184,11 @@ class TrainingLoop:
         try:
             while not (steps_per_epoch and step >= steps_per_epoch):
                 self.optimizer.zero_grad()
+                extensions = self.make_extensions()
                 try:
-                    batch_loss, _ = self.tproblem.get_batch_loss_and_accuracy()
+                    # A step without extensions keeps no records in its forward pass.
+                    with nullcontext() if extensions else no_records():
+                        batch_loss, _ = self.tproblem.get_batch_loss_and_accuracy()
                 except StopIteration:
                     break
                 loss = batch_loss.item()
@@ -198,7 +202,6 @@ class TrainingLoop:
                          "loss": loss, "extensions": {}}
                     )  # fmt: skip
                     return global_step + 1, False
-                extensions = self.make_extensions()
                 with backpack(*extensions):
                     batch_loss.backward()
                 self.step_log.record(epoch, step, global_step, loss, extensions)

@@ -10,7 +10,7 @@ from settings import SETTING_IDS, SETTINGS
 from torch import nn
 from torch.testing import assert_close
 
-from backpack_core import backpack, extend
+from backpack_core import backpack, engine, extend, no_records
 from backpack_core.extensions import (
     ALL,
     KFLR,
@@ -128,6 +128,25 @@ def test_backpack_without_extensions_is_a_plain_backward():
     for name, p in model.named_parameters():
         assert_close(p.grad, expected[name])
         assert not hasattr(p, "grad_batch")
+
+
+def test_a_forward_without_records_gives_plain_gradients_and_keeps_nothing():
+    model, lossfunc, X, y = _linear_problem()
+    expected = reference.first_order(model, lossfunc, X, y)["grad"]
+    model, lossfunc = extend(model), extend(lossfunc)
+    with no_records():
+        loss = lossfunc(model(X), y)
+    assert not engine._PENDING  # no module kept its input or output
+    with backpack(BatchGrad()):
+        loss.backward()
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name])
+        assert not hasattr(p, "grad_batch")  # unset, not zeros
+    # outside the block the records are back: the next step gets its quantities
+    model.zero_grad()
+    with backpack(BatchGrad()):
+        lossfunc(model(X), y).backward()
+    assert all(p.grad_batch.shape == (5, *p.shape) for p in model.parameters())
 
 
 def test_backward_with_create_graph_gives_the_same_values_without_a_graph():

@@ -39,6 +39,8 @@ BACKOBS_KEYS = {
     "synthetic_data",
     "step_log",
     "step_log_error",
+    "data_loader",
+    "data_loader_fallback",
 }
 
 
@@ -224,6 +226,7 @@ def test_run_from_python_does_not_read_the_command_line(monkeypatch, tmp_path):
         ({"device": "cuda:0" if not torch.cuda.is_available() else "tpu"}, "--device"),
         ({"hyperparams": {}}, "--lr is required"),
         ({"hyperparams": {"lr": 0.1, "beta": 1.0}}, "unknown hyperparameter(s) beta"),
+        ({"data_loader": "pil"}, "--data-loader 'pil' is not a data loader; choose one of"),
     ],
 )
 def test_bad_settings_raise_before_any_work(monkeypatch, settings, fragment):
@@ -239,6 +242,38 @@ def test_bad_settings_raise_before_any_work(monkeypatch, settings, fragment):
     with pytest.raises(OptionError) as error:
         runner.run(**arguments)
     assert fragment in str(error.value)
+
+
+def test_steps_without_extensions_keep_no_records_and_give_the_same_numbers(monkeypatch, tmp_path):
+    """The speed path of plain steps (no records in the forward pass) changes no number."""
+    import contextlib
+
+    from backobs.runs import training
+
+    def run(output_dir):
+        torch.manual_seed(0)
+        return BackpackRunner(SGD, SGD_HYPERPARAMETERS, make_extensions=list).run(
+            testproblem="mnist_logreg", hyperparams={"lr": 0.1}, batch_size=4, num_epochs=2,
+            steps_per_epoch=5, eval_batches=2, output_dir=str(output_dir),
+        )  # fmt: skip
+
+    calls = []
+    real_no_records = training.no_records
+
+    def counting(records_off):
+        def no_records():
+            calls.append(records_off)
+            return real_no_records() if records_off else contextlib.nullcontext()
+
+        return no_records
+
+    monkeypatch.setattr(training, "no_records", counting(True))
+    fast = run(tmp_path / "fast")
+    monkeypatch.setattr(training, "no_records", counting(False))
+    with_records = run(tmp_path / "with_records")
+    assert calls.count(True) == calls.count(False) == 10  # every training step
+    for key in ("train_losses", "valid_losses", "test_losses", "minibatch_train_losses"):
+        assert fast[key] == with_records[key], key
 
 
 def test_interrupt_writes_completed_epochs_and_reraises(monkeypatch, tmp_path, capsys):
