@@ -11,6 +11,11 @@ For each problem (synthetic data, one torch thread, batch size 128, SGD, no exte
   tensors already in memory (the problem's own net and loss; random index order, no
   results file, no step log): the compute the epoch cannot do without.
 
+Then a sweep worker's view (``--sweep-runs N``): N runs of one whole epoch of mnist_logreg
+one after another in this process, as a worker runs them, with each loader; the tensor
+path decodes the data in the first run and finds them in its cache in the others. Runs
+per minute.
+
 Then, on cifar10_3c3d, the loader's share of a training step: the seconds of ``next()`` on
 the training iterator (index, augmentation, ToTensor, Normalize) against the whole step
 (batch, forward, backward, SGD step), over ``--share-steps`` steps.
@@ -89,6 +94,18 @@ def epoch_cost(problem, loader, steps, eval_batches):
         with tempfile.TemporaryDirectory() as output_dir:
             costs[epochs] = run_seconds(problem, loader, epochs, steps, eval_batches, output_dir)
     return costs[2].wall - costs[1].wall, costs[2].cpu - costs[1].cpu
+
+
+def runs_per_minute(loader, count):
+    """``count`` one-epoch mnist_logreg runs in this process (a worker's life), per minute."""
+    from backobs.adapter import tensor_data
+
+    tensor_data.clear_cache()
+    with tempfile.TemporaryDirectory() as output_dir:
+        started = time.perf_counter()
+        for seed in range(count):
+            run_seconds("mnist_logreg", loader, 1, None, None, os.path.join(output_dir, str(seed)))
+        return 60 * count / (time.perf_counter() - started)
 
 
 def plain_epoch(problem, steps, eval_batches):
@@ -181,6 +198,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny caps: a smoke run")
     parser.add_argument("--share-steps", type=int, default=30)
+    parser.add_argument("--sweep-runs", type=int, default=4)
     parser.add_argument("--problems", nargs="+", default=[p for p, _, _ in PROBLEMS])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -209,6 +227,14 @@ def main(argv=None):
             f"| {tensor[1] / plain[1]:.2f} | {deepobs[1] / plain[1]:.1f} |"
         )
     print("\n(CPU seconds of one more epoch; wall-clock seconds in the log on stderr.)\n")
+    if args.sweep_runs:
+        count = 2 if args.quick else args.sweep_runs
+        rates = {loader: runs_per_minute(loader, count) for loader in ("deepobs", "tensor")}
+        print(
+            f"A worker's {count} one-epoch mnist_logreg runs: {rates['deepobs']:.1f} runs per "
+            f"minute with DeepOBS's loaders, {rates['tensor']:.1f} with the tensor path "
+            f"({rates['tensor'] / rates['deepobs']:.1f}x; wall-clock).\n"
+        )
     if "cifar10_3c3d" in args.problems:
         steps = 3 if args.quick else args.share_steps
         loading, stepping = loader_share(steps)

@@ -51,6 +51,7 @@ __all__ = [
     "sampler_order",
     "clear_cache",
     "cached_splits",
+    "from_cache",
 ]
 
 _LOADER_NAMES = (
@@ -215,13 +216,14 @@ def cached_splits():
 
 
 def _split_for(source, device, keep):
+    """The decoded split of ``source`` and whether it came from the cache."""
     if source.key is None:
-        return source.build(device)
+        return source.build(device), False
     key = (source.key, str(device))
     split = _cache.get(key)
     if split is not None:
         _cache.move_to_end(key)
-        return split
+        return split, True
     budget = _CACHE_FRACTION * memory_limit(device)
     held = sum(s.nbytes for k, s in _cache.items() if k[1] == str(device))
     for old_key in [k for k in _cache if k[1] == str(device) and k not in keep]:
@@ -230,7 +232,7 @@ def _split_for(source, device, keep):
         held -= _cache.pop(old_key).nbytes
     split = source.build(device)
     _cache[key] = split
-    return split
+    return split, False
 
 
 # Index order ------------------------------------------------------------------------------
@@ -294,6 +296,7 @@ class TensorLoader:
         self.generator = loader.generator
         self.split = split
         self.transform = transform
+        self.from_cache = False  # whether the split was decoded by an earlier problem
         self._length = len(loader)
 
     def __len__(self):
@@ -362,6 +365,8 @@ def attach(tproblem, device=None, announce=print):
     Returns:
         str or None: ``None`` if the tensor path serves the problem, else the reason
         (DeepOBS's loaders then stay in place, and ``announce`` got one line saying so).
+        :func:`from_cache` tells whether the data were decoded before (by an earlier
+        problem in this process, e.g. an earlier run of a sweep worker).
     """
     data = getattr(tproblem, "data", None)
     device = torch.device(device if device is not None else getattr(tproblem, "_device", "cpu"))
@@ -394,5 +399,20 @@ def attach(tproblem, device=None, announce=print):
         return message
     keep = {(key, str(device)) for key in sources}
     for name, (loader, source, transform) in plans.items():
-        setattr(data, name, TensorLoader(loader, _split_for(source, device, keep), transform))
+        split, cached = _split_for(source, device, keep)
+        served = TensorLoader(loader, split, transform)
+        served.from_cache = cached
+        setattr(data, name, served)
     return None
+
+
+def from_cache(tproblem):
+    """Whether every loader of a problem served by :func:`attach` found its split decoded.
+
+    Returns:
+        bool or None: ``None`` if the problem is not served by the tensor path.
+    """
+    loaders = [getattr(tproblem.data, name, None) for name in _LOADER_NAMES]
+    if not all(isinstance(loader, TensorLoader) for loader in loaders):
+        return None
+    return all(loader.from_cache for loader in loaders)

@@ -13,7 +13,9 @@ random_seed__<seed>__<date>.json``). What it adds:
 - extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
   ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps),
   ``synthetic_data``, ``data_loader`` (the data path that served the run: ``"tensor"`` or
-  ``"deepobs"``) and ``data_loader_fallback`` (why the tensor path was not used, or null).
+  ``"deepobs"``), ``data_loader_fallback`` (why the tensor path was not used, or null) and
+  ``data_cached`` (whether the tensor path found the data decoded by an earlier run in the
+  process, e.g. in a sweep worker; null on DeepOBS's loaders).
   Results are strict JSON (a non-finite number is ``null``) and written atomically;
 - Ctrl-C ends the run with the completed epochs written (``status: "interrupted"``), then
   re-raises :class:`KeyboardInterrupt` (:meth:`BackpackRunner.main` turns it into exit
@@ -91,7 +93,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         self._progress_bar = progress_bar
         self._eval_batches = None
         self._state = None
-        self._data_path = {"data_loader": "tensor", "data_loader_fallback": None}
+        self._data_path = {}
         self._last_step_log = None
         self.last_results_path = None
 
@@ -273,6 +275,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             self._data_path = {
                 "data_loader": "deepobs" if fallback else "tensor",
                 "data_loader_fallback": fallback,
+                "data_cached": tensor_data.from_cache(tproblem),
             }
         return backobs.extend_problem(tproblem)
 
@@ -284,7 +287,11 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         synthetic = bool(arguments.get("synthetic_data")) or data_sources.synthetic_data_enabled()
         arguments["synthetic_data"] = synthetic
         arguments["data_loader"] = arguments.get("data_loader") or "tensor"
-        self._data_path = {"data_loader": arguments["data_loader"], "data_loader_fallback": None}
+        self._data_path = {
+            "data_loader": arguments["data_loader"],
+            "data_loader_fallback": None,
+            "data_cached": None,
+        }
         self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
         self.last_results_path = None
         with (

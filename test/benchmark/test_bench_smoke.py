@@ -48,3 +48,25 @@ def test_quick_run_writes_table(tmp_path):
     # The ratio of each cell is in the markdown table, in the "ours / BackPACK" layout.
     ratio_row = rows[0]
     assert ratio_row.count(" / ") >= 2, ratio_row
+
+
+def test_data_path_benchmark_quick_run_prints_its_table():
+    command = [
+        sys.executable,
+        str(REPO / "benchmark" / "data_path.py"),
+        "--quick",
+        "--problems",
+        "mnist_logreg",
+        "cifar10_3c3d",
+        "--sweep-runs",
+        "0",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| mnist")]
+    assert len(rows) == 1 and rows[0][2].strip() == "3 / 2"
+    plain, tensor, deepobs = (float(cell.strip().rstrip(" s")) for cell in rows[0][3:6])
+    # with 3 steps and 2 evaluation batches one more epoch is within the noise: only the
+    # plain loop's time, measured on its own, is sure to be positive
+    assert plain > 0 and all(abs(value) < 60 for value in (tensor, deepobs))
+    assert "cifar10_3c3d, tensor path: next()" in done.stdout

@@ -41,6 +41,7 @@ BACKOBS_KEYS = {
     "step_log_error",
     "data_loader",
     "data_loader_fallback",
+    "data_cached",
 }
 
 

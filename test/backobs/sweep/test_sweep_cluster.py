@@ -108,6 +108,15 @@ def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp
     assert sorted(_key(r["run"]) for r in records) == sorted(_key(run.to_dict()) for run in grid)
     assert {r["worker"] for r in records} <= set(dask_cluster.worker_pids)
     assert sorted(r["path"] for r in records) == _results_files(remote_dir)  # each once
+    # A worker decodes a data set once: its later runs of mnist_logreg find it decoded.
+    seen = set()
+    for record in records:
+        if record["run"]["problem"] == "mnist_logreg":
+            with open(record["path"]) as stream:
+                results = json.load(stream)
+            assert results["data_loader"] == "tensor"
+            assert results["data_cached"] is (record["worker"] in seen), record
+            seen.add(record["worker"])
 
     # The same sweep on a local cluster gives the same numbers, whichever worker ran what
     # (and what it ran before: quadratic_deep's Hessian once depended on that).

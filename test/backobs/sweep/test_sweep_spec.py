@@ -78,6 +78,7 @@ BAD_SPECS = {
     "synthetic not bool": ({"synthetic_data": "yes"}, "synthetic_data: must be true or false"),
     "unknown extension": ({"extensions": ["BatchGrad", "Curvature"]}, "'Curvature'"),
     "problems as mapping": ({"problems": {"mnist_logreg": 1}}, "a single number or name"),
+    "unknown data loader": ({"data_loader": "pil"}, "'pil' is not a data loader; choose one"),
 }
 
 
