@@ -179,7 +179,7 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, default_exten
         default=None,
         metavar="NAME",
         help="Extensions active in every training step besides those the optimizer needs, "
-        f"logged for every step (default: {default_extension or 'none'}). One or more of: "
+        f"summarised in the step log (default: {default_extension or 'none'}). One or more of: "
         f"{', '.join(EXTENSION_NAMES)}.",
     )
     backobs.add_argument(
@@ -207,8 +207,17 @@ def add_run_arguments(parser, hyperparameters, demo_defaults=None, default_exten
         type=int,
         default=None,
         help="Print the shapes of the extension quantities every this many steps; 0: never "
-        f"(default: every step in runs of at most {SHORT_RUN_STEPS} steps, else never). The "
-        "step log keeps every step.",
+        f"(default: every step in runs of at most {SHORT_RUN_STEPS} steps, else never). What "
+        "the step log keeps is --step-log-interval's.",
+    )
+    backobs.add_argument(
+        "--step-log-interval",
+        "--step_log_interval",
+        dest="step_log_interval",
+        type=int,
+        default=1,
+        help="Write every this many steps (global steps 0, n, 2n, ...) to the step log; a "
+        "larger n makes the log n times smaller (default: 1, every step).",
     )
     backobs.add_argument(
         "--synthetic-data",
@@ -308,6 +317,7 @@ def check_run_arguments(arguments):
     check_nonnegative_int("--steps-per-epoch", arguments.get("steps_per_epoch"), "the whole epoch")
     check_nonnegative_int("--eval-batches", arguments.get("eval_batches"), "all mini-batches")
     check_nonnegative_int("--log-interval", arguments.get("log_interval"), "never")
+    check_positive_int("--step-log-interval", arguments.get("step_log_interval"))
     for option, value in (arguments.get("hyperparams") or {}).items():
         if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
             # finite always; >= 0 for the names whose meaning BackOBS knows (lr, damping,

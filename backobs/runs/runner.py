@@ -8,8 +8,8 @@ random_seed__<seed>__<date>.json``). What it adds:
 - the problem is extended (:func:`backobs.extend_problem`) before training, and every
   training backward pass runs inside ``backpack(*extensions)``; the optimizer's ``step()``
   runs while the quantities are on the parameters, so a second-order optimizer can read them;
-- a log of the extension outputs for every step beside the results file
-  (``<results file stem>.steps.jsonl``, see :mod:`backobs.runs.steplog`);
+- a log of the extension outputs for every step (or every n-th) beside the results file
+  (``<results file stem>.steps.jsonl``, :mod:`backobs.runs.steplog`), free space checked first;
 - extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
   ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps),
   ``synthetic_data``, ``data_loader`` (the data path that served the run: ``"tensor"`` or
@@ -31,7 +31,7 @@ import backobs
 from backobs.adapter import data as data_sources
 from backobs.adapter import deepobs as _deepobs
 from backobs.adapter import tensor_data
-from backobs.runs import options
+from backobs.runs import options, steplog
 from backobs.runs.process_state import deepobs_private_python_random, problem_lookup, scoped
 from backobs.runs.steplog import ResultsWriteError, StepLog, write_json_atomically
 from backobs.runs.training import METRICS, TrainingLoop
@@ -168,10 +168,10 @@ class BackpackRunner(_deepobs.runners.PTRunner):
     ):
         """Train and write the results; see DeepOBS's ``Runner.run`` for the arguments.
 
-        ``training_params`` are BackOBS's: ``extensions`` (list of names),
-        ``steps_per_epoch``, ``eval_batches``, ``log_interval``, ``synthetic_data``,
-        ``device``, ``data_loader`` (``"tensor"``, the default, or ``"deepobs"``). Without
-        ``testproblem`` everything is read from the command line.
+        ``training_params`` are BackOBS's: ``extensions`` (list of names), ``steps_per_epoch``,
+        ``eval_batches``, ``log_interval``, ``step_log_interval``, ``synthetic_data``, ``device``,
+        ``data_loader`` (``"tensor"``, the default, or ``"deepobs"``). Without ``testproblem``
+        everything is read from the command line.
 
         Returns:
             dict: The results, as written to the results file; ``None`` if skipped.
@@ -402,6 +402,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         steps_per_epoch=None,
         eval_batches=None,
         log_interval=None,
+        step_log_interval=None,
         step_log_path=None,
         **unused_training_params,
     ):
@@ -424,7 +425,8 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             eval_batches (int, optional): Evaluate on this many mini-batches per set.
             log_interval (int, optional): Print the extension shapes every this many steps
                 (0: never; ``None``: every step in short runs, else never).
-            step_log_path (str, optional): Where to write the step log.
+            step_log_interval (int, optional): Write every this many steps to the step log.
+            step_log_path (str, optional): Where to write the step log (free space checked).
             **unused_training_params: Options used before training (``synthetic_data``);
                 recorded in the results.
 
@@ -434,17 +436,21 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         optimizer = self._optimizer_class(tproblem.net.parameters(), **hyperparams)
         self._eval_batches = eval_batches or None
         steps_in_epoch = _steps_in_epoch(tproblem, steps_per_epoch)
+        total = None if steps_in_epoch is None else steps_in_epoch * num_epochs
         if log_interval is None:
-            total = None if steps_in_epoch is None else steps_in_epoch * num_epochs
             log_interval = 1 if total is not None and total <= options.SHORT_RUN_STEPS else 0
         self._announce_caps(steps_per_epoch, eval_batches)
-        step_log = StepLog(step_log_path, tproblem.net, print_interval=log_interval)
+        step_log = StepLog(step_log_path, tproblem.net, log_interval, step_log_interval or 1)
         self._last_step_log = step_log
+        make_extensions = self._make_extensions(extensions)
+        steplog.check_free_space(
+            step_log, make_extensions(), tproblem._batch_size, total, num_epochs, train_log_interval
+        )
         summary_writer = _open_summary_writer(tb_log_dir) if tb_log else None
         loop = TrainingLoop(
             tproblem,
             optimizer,
-            self._make_extensions(extensions),
+            make_extensions,
             step_log,
             evaluate_all=lambda epoch, metrics: self.evaluate_all(
                 epoch, num_epochs, tproblem, *(metrics[key] for key in _EVALUATED)

@@ -76,6 +76,7 @@ BAD_RUN_OPTIONS = [
     (["--lr", "fast"], ["--lr", "invalid float value"]),
     (["--device", "gpu7"], ["--device"]),
     (["--extensions", "Nope"], ["--extensions", "invalid choice"]),
+    (["--step-log-interval", "0"], ["--step-log-interval must be a positive integer"]),
 ]
 
 

@@ -221,6 +221,7 @@ def test_run_from_python_does_not_read_the_command_line(monkeypatch, tmp_path):
         ({"steps_per_epoch": -2}, "--steps-per-epoch must be a non-negative integer"),
         ({"eval_batches": -1}, "--eval-batches must be a non-negative integer"),
         ({"log_interval": -1}, "--log-interval must be a non-negative integer"),
+        ({"step_log_interval": 0}, "--step-log-interval must be a positive integer"),
         ({"hyperparams": {"lr": float("nan")}}, "--lr must be a finite number"),
         ({"hyperparams": {"lr": 0.1, "momentum": float("inf")}}, "--momentum must be a finite"),
         ({"output_dir": "/proc/backobs"}, "--output_dir '/proc/backobs'"),
