@@ -44,6 +44,8 @@ class Run:
         device (str, optional): Torch device.
         data_loader (str): ``"tensor"`` (BackOBS's tensor data path) or ``"deepobs"``
             (DeepOBS's per-image loaders).
+        step_log_interval (int, optional): Write every this many steps to the step log
+            (default: every step).
     """
 
     problem: str
@@ -60,6 +62,7 @@ class Run:
     extensions: Tuple[str, ...] = ()
     device: Optional[str] = None
     data_loader: str = "tensor"
+    step_log_interval: Optional[int] = None
 
     def to_dict(self):
         """Return the run as a JSON-serialisable dict."""
@@ -157,6 +160,7 @@ def _runner_arguments(run):
         log_interval=0,
         device=run.device,
         data_loader=run.data_loader,
+        step_log_interval=run.step_log_interval,
     )
 
 

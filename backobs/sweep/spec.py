@@ -39,6 +39,7 @@ SPEC_KEYS = {
     "extensions": "a list of extension names active in every step",
     "device": "a device such as cpu or cuda:0",
     "data_loader": "tensor (default) or deepobs",
+    "step_log_interval": "a positive integer: write every n-th step to the step log",
 }
 """The keys a sweep file may have, with what each accepts."""
 
@@ -58,7 +59,7 @@ class Sweep:
         settings (dict): The training settings shared by every run: ``batch_size``,
             ``num_epochs``, ``steps_per_epoch``, ``eval_batches``, ``synthetic_data``,
             ``data_dir`` and ``output_dir`` (absolute paths), ``extensions``, ``device``,
-            ``data_loader``.
+            ``data_loader``, ``step_log_interval``.
     """
 
     source: str
@@ -328,6 +329,7 @@ def _parse_settings(data, fail):
         "num_epochs": checked("num_epochs", checks.check_positive_int),
         "steps_per_epoch": checked("steps_per_epoch", checks.check_nonnegative_int),
         "eval_batches": checked("eval_batches", checks.check_nonnegative_int),
+        "step_log_interval": checked("step_log_interval", checks.check_positive_int),
     }
     synthetic = data.get("synthetic_data", False)
     if not isinstance(synthetic, bool):

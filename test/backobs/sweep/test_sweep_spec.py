@@ -33,6 +33,13 @@ def test_grid_expands_problems_optimizers_settings_seeds(tmp_path):
     assert kfac[0].hyperparams["mc_samples"] == 1
     assert all(os.path.isabs(run.output_dir) for run in grid)
     assert all(run.batch_size == 4 and run.synthetic_data for run in grid)
+    assert all(run.data_loader == "tensor" and run.step_log_interval is None for run in grid)
+
+
+def test_data_loader_and_step_log_interval_reach_every_run(tmp_path):
+    content = spec_content(tmp_path, data_loader="deepobs", step_log_interval=5)
+    grid = load_sweep(write_spec(tmp_path, content)).runs()
+    assert {(run.data_loader, run.step_log_interval) for run in grid} == {("deepobs", 5)}
 
 
 def test_json_file_and_yaml_exponents(tmp_path):
@@ -78,6 +85,7 @@ BAD_SPECS = {
     "synthetic not bool": ({"synthetic_data": "yes"}, "synthetic_data: must be true or false"),
     "unknown extension": ({"extensions": ["BatchGrad", "Curvature"]}, "'Curvature'"),
     "problems as mapping": ({"problems": {"mnist_logreg": 1}}, "a single number or name"),
+    "step log interval zero": ({"step_log_interval": 0}, "step_log_interval: must be a positive"),
     "unknown data loader": ({"data_loader": "pil"}, "'pil' is not a data loader; choose one"),
 }
 
