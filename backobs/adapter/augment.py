@@ -11,8 +11,8 @@ torchvision (per PIL image)             here (per batch)
 ``RandomCrop(size)``                    :func:`random_crop`; fixed offsets: :func:`crop`
 ``RandomHorizontalFlip(p)``             :func:`random_horizontal_flip`; fixed:
                                         :func:`horizontal_flip`
-``ColorJitter(brightness, contrast,     :func:`color_jitter`; fixed factors and orders:
-saturation)``                           :func:`adjust`
+``ColorJitter(b, c, s)``                :func:`color_jitter`; fixed factors and orders:
+                                        :func:`adjust`
 the whole chain                         :class:`Augmentation`
 =====================================  ========================================================
 
