@@ -77,6 +77,7 @@ BAD_RUN_OPTIONS = [
     (["--device", "gpu7"], ["--device"]),
     (["--extensions", "Nope"], ["--extensions", "invalid choice"]),
     (["--step-log-interval", "0"], ["--step-log-interval must be a positive integer"]),
+    (["--data-loader", "pil"], ["--data-loader", "invalid choice: 'pil'", "'tensor', 'deepobs'"]),
 ]
 
 
