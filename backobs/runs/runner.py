@@ -11,8 +11,9 @@ random_seed__<seed>__<date>.json``). What it adds:
 - a log of the extension outputs for every step beside the results file
   (``<results file stem>.steps.jsonl``, see :mod:`backobs.runs.steplog`);
 - extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
-  ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps)
-  and ``synthetic_data``. Results are strict JSON (a non-finite number is ``null``) and
+  ``diverged_at_step``, ``diverged_quantity`` and ``diverged_reason`` (what was not finite,
+  and why), ``epoch_seconds`` (wall-clock seconds of each epoch's training steps) and
+  ``synthetic_data``. Results are strict JSON (a non-finite number is ``null``) and
   written atomically;
 - Ctrl-C ends the run with the completed epochs written (``status: "interrupted"``), then
   re-raises :class:`KeyboardInterrupt` (:meth:`BackpackRunner.main` turns it into exit
@@ -32,7 +33,7 @@ from backobs.adapter import data as data_sources
 from backobs.adapter import deepobs as _deepobs
 from backobs.runs import options
 from backobs.runs.steplog import ResultsWriteError, StepLog, write_json_atomically
-from backobs.runs.training import METRICS, TrainingLoop
+from backobs.runs.training import METRICS, TrainingLoop, initial_state
 from backpack_core import extensions as extensions_module
 
 __all__ = ["BackpackRunner", "EXTENSION_NAMES", "ResultsWriteError"]
@@ -275,7 +276,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
         device = arguments.pop("device", None)
         synthetic = bool(arguments.get("synthetic_data")) or data_sources.synthetic_data_enabled()
         arguments["synthetic_data"] = synthetic
-        self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+        self._state = initial_state()
         self.last_results_path = None
         with (
             _scoped(
