@@ -37,8 +37,21 @@ class NonFiniteUpdateError(ArithmeticError):
     """A curvature or an update of :class:`DampedNewton` is not finite.
 
     Raised by ``step()`` before any parameter changes; the message names the parameter. A
-    training loop treats it as divergence (as DeepOBS treats a non-finite loss).
+    training loop treats it as divergence (as DeepOBS treats a non-finite loss) and records
+    :attr:`quantity` and the parameter's name in the results.
+
+    Args:
+        message (str): What is not finite, and of which parameter.
+        quantity (str): ``"update"``, ``"gradient"`` or ``"curvature .<savefield>"``.
+        parameter (torch.nn.Parameter, optional): The parameter.
+        parameter_name (str, optional): Its name, if the optimizer was given names.
     """
+
+    def __init__(self, message, quantity="update", parameter=None, parameter_name=None):
+        super().__init__(message)
+        self.quantity = quantity
+        self.parameter = parameter
+        self.parameter_name = parameter_name
 
 
 class DampedNewton(torch.optim.Optimizer):
@@ -332,8 +345,14 @@ def _non_finite(savefield, where, label):
     elif label == "gradient":
         problem = "the gradient of {} is not finite"
     else:
-        problem = f"the curvature .{savefield} of {{}} is not finite"
-    return NonFiniteUpdateError(problem.format(_describe(*where)) + "; no parameter was changed.")
+        label = f"curvature .{savefield}"
+        problem = f"the {label} of {{}} is not finite"
+    return NonFiniteUpdateError(
+        problem.format(_describe(*where)) + "; no parameter was changed.",
+        quantity=label,
+        parameter=where[0],
+        parameter_name=where[1],
+    )
 
 
 def _describe(parameter, name, index, group_index):

@@ -15,18 +15,24 @@ folder of ``backobs sweep --final-seeds``). The best setting of each optimizer i
 
 - ``report.md`` / ``report.csv``: problem, optimizer, best hyperparameters, seeds, final test
   accuracy and loss (mean ± standard deviation over the seeds, or median and quartiles with
-  ``--aggregate median``), seconds per training epoch and that cost relative to SGD;
+  ``--aggregate median``), seconds per training epoch and that cost relative to SGD, and,
+  with two or more seeds on both sides, the difference of the final test accuracy (loss) to
+  the baseline's with its 95 % Welch interval (marked *not significant* where it holds 0);
   ``settings.csv``: every setting with its rank;
 - ``<problem>_performance.png``: test loss, test accuracy, train loss and train accuracy
   against epochs, one line and band per optimizer (DeepOBS's performance plot);
 - ``<problem>_sensitivity.png``: the ranking metric against the learning rate, one panel per
   optimizer, one curve per value of the other hyperparameters;
 - ``<problem>_cost.png``: seconds per epoch per optimizer and test loss against wall-clock
-  time, from the ``epoch_seconds`` that BackOBS's runner records (DeepOBS's runners do not).
+  time, from the ``epoch_seconds`` that BackOBS's runner records (DeepOBS's runners do not),
+  and where the problem has a target, the ranking metric against time with the target and
+  where each optimizer reaches it.
 
 Messy folders are reported, not fatal: a setting with a diverged seed (``"status":
 "diverged"``, a non-finite number, or the initial values that DeepOBS writes for the epochs
-after an abort) is ranked after all others and marked; a setting with fewer seeds than the
+after an abort) is ranked after all others and marked; a setting that did not learn (its
+final ranking metric no better than before training) is ranked after those that did and
+marked; a setting with fewer seeds than the
 problem's others is marked; an unreadable or foreign JSON file, and an interrupted run, is
 left out with a one-line warning on stderr naming it. A folder without any results is an
 :class:`~backobs.checks.OptionError`.
@@ -36,6 +42,7 @@ One job per module:
 - :mod:`~backobs.report.read`: the folder into :class:`Setting` objects (:func:`read_results`).
 - :mod:`~backobs.report.rank`: the ranking rule (:func:`rank_settings`, :func:`build_report`),
   the one that ``backobs sweep --final-seeds`` uses too.
+- :mod:`~backobs.report.stats`: the difference to the baseline with Welch's interval.
 - :mod:`~backobs.report.tables`: the summary and settings tables, and the Markdown table.
 - :mod:`~backobs.report.figures`: performance, sensitivity, cost and profile figures.
 - :mod:`~backobs.report.verdict`: the verdict across problems: time to a target, the
@@ -61,10 +68,13 @@ _NAMES = {
         "ProblemReport",
         "aggregate",
         "build_report",
+        "learned",
         "rank_settings",
         "ranking_metric",
     ),
+    "stats": ("Difference", "welch_difference", "t_quantile"),
     "tables": (
+        "DIFFERENCE_COLUMNS",
         "format_hyperparams",
         "tuned_hyperparams",
         "summary_table",

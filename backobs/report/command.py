@@ -147,7 +147,8 @@ def command(args):
         tau_max=tau_max,
     )
     written = write_report(reports, out_dir, verdict=verdict)
-    print(markdown_table(add_notes(summary_table(reports), verdict.notes), args.aggregate), end="")
+    summary = add_notes(summary_table(reports, verdict.baseline), verdict.notes)
+    print(markdown_table(summary, args.aggregate, verdict.baseline), end="")
     for path in written:
         print(f"Wrote {path}")
     return 0

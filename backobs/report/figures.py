@@ -233,15 +233,22 @@ def plot_sensitivity(report, path):
     return figure
 
 
-def plot_cost(report, path):
+def plot_cost(report, path, target=None, seconds_to_target=None):
     """Cost of one problem's optimizers, written as a PNG, if the runs record their time.
 
     Left: seconds per training epoch of each optimizer's best setting (mean ± std or median
-    and quartiles over seeds). Right: the test loss against cumulative training time.
+    and quartiles over seeds). Middle: the test loss against cumulative training time.
+    With a ``target`` (the verdict's, on the ranking metric), a third panel: the ranking
+    metric against training time, the target as a horizontal line, and a star where each
+    optimizer reaches it (its median seconds to target over the seeds, as in
+    ``scores.csv``; the curve is the seed mean, so the star need not lie on it).
 
     Args:
         report (ProblemReport): The problem.
         path (str): The PNG to write.
+        target (float, optional): The problem's target on ``report.metric``.
+        seconds_to_target (dict[str, float], optional): optimizer -> its median seconds to
+            the target (``inf``: not reached; ``nan``: not timed).
 
     Returns:
         matplotlib.figure.Figure or None: The figure; ``None`` (nothing written) if no run
@@ -254,8 +261,10 @@ def plot_cost(report, path):
     ]
     if not timed:
         return None
-    figure = _figure(11, 4.5)
-    bars, losses = figure.subplots(1, 2)
+    with_target = target is not None
+    figure = _figure(16 if with_target else 11, 4.5)
+    panels = figure.subplots(1, 3 if with_target else 2)
+    bars, losses = panels[0], panels[1]
     colors = [_color(report, optimizer) for optimizer, _ in timed]
     centers, errors = [], [[], []]
     for _, ranked in timed:
@@ -270,26 +279,55 @@ def plot_cost(report, path):
         bars.tick_params(axis="x", labelrotation=90)
     bars.set_ylabel("seconds per training epoch")
     bars.set_title(f"best setting per optimizer, {_aggregate_words(report.how)}", fontsize="small")
-    curves = []
-    for color, (optimizer, ranked) in zip(colors, timed):
-        seconds = [
-            run.epoch_seconds for run in ranked.setting.runs if run.epoch_seconds is not None
-        ]
-        length = min(len(values) for values in seconds)
-        elapsed = np.concatenate(
-            [[0.0], np.cumsum(aggregate([s[:length] for s in seconds]).center)]
-        )
-        curve = aggregate(ranked.setting.values("test_losses"), report.how).center
-        count = min(len(elapsed), len(curve))
-        losses.plot(elapsed[:count], curve[:count], marker=".", color=color, label=optimizer)
-        curves.append(curve[:count])
-    _log_scale_if_wide(losses, curves)
-    losses.set_xlabel("training time (s, evaluation excluded)")
+    metrics = [("test_losses", losses)] + ([(report.metric, panels[2])] if with_target else [])
+    for metric, axis in metrics:
+        curves = []
+        for color, (optimizer, ranked) in zip(colors, timed):
+            elapsed = _elapsed(ranked.setting)
+            curve = aggregate(ranked.setting.values(metric), report.how).center
+            count = min(len(elapsed), len(curve))
+            axis.plot(elapsed[:count], curve[:count], marker=".", color=color, label=optimizer)
+            curves.append(curve[:count])
+        if "loss" in metric:
+            _log_scale_if_wide(axis, curves)
+        axis.set_xlabel("training time (s, evaluation excluded)")
     losses.set_ylabel("test loss")
     losses.legend(fontsize="small")
+    if with_target:
+        _mark_target(panels[2], report, timed, colors, target, seconds_to_target or {})
     figure.suptitle(_title(report, "cost"), fontsize="medium")
     figure.savefig(path, dpi=100)
     return figure
+
+
+def _elapsed(setting):
+    """Cumulative training seconds at each evaluation (0 before training), seed mean."""
+    seconds = [run.epoch_seconds for run in setting.runs if run.epoch_seconds is not None]
+    length = min(len(values) for values in seconds)
+    return np.concatenate([[0.0], np.cumsum(aggregate([s[:length] for s in seconds]).center)])
+
+
+def _mark_target(axis, report, timed, colors, target, seconds_to_target):
+    axis.axhline(target, color="gray", linestyle="--", label=f"target {target:.4g}")
+    for color, (optimizer, _) in zip(colors, timed):
+        seconds = seconds_to_target.get(optimizer, math.nan)
+        if math.isfinite(seconds):
+            axis.plot(
+                [seconds],
+                [target],
+                marker="*",
+                markersize=14,
+                color=color,
+                markeredgecolor="black",
+                linestyle="none",
+                zorder=5,
+                label=f"{optimizer} reaches it: {seconds:.3g} s",
+            )
+        elif math.isinf(seconds):
+            axis.plot([], [], color=color, label=f"{optimizer}: not reached")
+    axis.set_ylabel(report.metric)
+    axis.set_title("time to target (median over seeds)", fontsize="small")
+    axis.legend(fontsize="x-small")
 
 
 def plot_profile(verdict, path):

@@ -5,8 +5,9 @@ One rule, used by ``backobs report`` and by ``backobs sweep --final-seeds``
 ranking metric at the last epoch (``final``) or at its best epoch (``best``); the metric is
 the validation accuracy, or the validation loss where a run records no accuracy
 (:func:`ranking_metric`). :func:`rank_settings` orders the settings: diverged ones last,
-then those without a finite score; ties in an accuracy are broken by the loss of the same
-split; remaining ties keep folder order.
+before them those that did not learn (a final value no better than the evaluation before
+training), then those without a finite score; ties in an accuracy are broken by the loss of
+the same split; remaining ties keep folder order.
 """
 
 import math
@@ -88,8 +89,12 @@ class RankedSetting:
         score (float): The ranking value: the metric's aggregate at the last (``final``) or
             best (``best``) epoch; ``nan`` if not finite.
         score_spread (float): Its standard deviation (or interquartile range) over seeds.
-        notes (list[str]): ``"diverged (k of n seeds)"``; ``"k of m seeds"`` if the setting
-            has fewer seeds than another setting of the same optimizer (m: the most).
+        notes (list[str]): ``"diverged (k of n seeds)"``; ``"did not learn (...)"``; ``"k of
+            m seeds"`` if the setting has fewer seeds than another setting of the same
+            optimizer (m: the most).
+        learned (bool): The aggregate of the metric's last value is better than that of its
+            first (the evaluation before training); ``True`` where either is not finite
+            (a diverged setting is marked as diverged instead).
     """
 
     setting: Setting
@@ -97,6 +102,7 @@ class RankedSetting:
     score: float
     score_spread: float
     notes: list
+    learned: bool = True
 
 
 @dataclass(eq=False)
@@ -134,6 +140,12 @@ class ProblemReport:
     def ranked_by(self):
         """str: The ranking rule, e.g. ``"final valid_accuracies"``."""
         return f"most seeds, then {self.score_name}" if self.mode == "most" else self.score_name
+
+    def find(self, name):
+        """The folder of optimizer ``name`` (matched case-insensitively), or ``None``."""
+        if name in self.rankings:
+            return name
+        return next((folder for folder in self.rankings if folder.lower() == name.lower()), None)
 
     @property
     def sgd(self):
@@ -226,8 +238,9 @@ def build_report(results, metric=None, mode="final", how="mean"):
 def rank_settings(settings, metric, mode="final", how="mean"):
     """The settings of one optimizer, best first: the ranking rule.
 
-    Diverged settings come last, then settings without a finite score; with ``most``, more
-    seeds come first among the others. An accuracy that ties (saturated at 1.0, or coarse
+    Diverged settings come last, before them the settings that did not learn (see
+    :func:`learned`), then settings without a finite score; with ``most``, more seeds come
+    first among the others. An accuracy that ties (saturated at 1.0, or coarse
     with few evaluation batches) is decided by the loss of the same split; remaining ties
     keep the given (folder) order (DeepOBS sorts the folders, then the values).
 
@@ -244,10 +257,11 @@ def rank_settings(settings, metric, mode="final", how="mean"):
     sign = -1.0 if higher_is_better(metric) else 1.0
 
     def key(item):
-        setting, score, _ = item
+        setting, score, _, did_learn = item
         loss, _ = _score(aggregate(setting.values(tie_breaker), how), tie_breaker, mode)
         return (
             setting.diverged_runs > 0,
+            not did_learn and not setting.diverged_runs,  # among diverged ones: no matter
             -len(setting.runs) if mode == "most" else 0,
             math.isnan(score),
             0.0 if math.isnan(score) else sign * score,
@@ -257,20 +271,45 @@ def rank_settings(settings, metric, mode="final", how="mean"):
 
     scored = []
     for setting in settings:
-        score, spread = _score(aggregate(setting.values(metric), how), metric, mode)
-        scored.append((setting, score, spread))
+        curve = aggregate(setting.values(metric), how)
+        score, spread = _score(curve, metric, mode)
+        scored.append((setting, score, spread, learned(curve.center, metric)))
     scored.sort(key=key)
     max_seeds = max(len(setting.runs) for setting in settings)
     return [
-        RankedSetting(setting, rank, score, spread, _notes(setting, max_seeds))
-        for rank, (setting, score, spread) in enumerate(scored, start=1)
+        RankedSetting(
+            setting, rank, score, spread, _notes(setting, max_seeds, metric, did_learn), did_learn
+        )
+        for rank, (setting, score, spread, did_learn) in enumerate(scored, start=1)
     ]
 
 
-def _notes(setting, max_seeds):
+def learned(center, metric):
+    """Whether a setting learned: its last value is better than its first.
+
+    Args:
+        center (numpy.ndarray): The metric's aggregate over seeds per evaluation, index 0
+            before training.
+        metric (str): The metric (larger is better for an accuracy).
+
+    Returns:
+        bool: ``False`` if the last value is no better than the first (e.g. 10 % accuracy on
+        ten classes, before and after); ``True`` if it is better, or either is not finite
+        (divergence is noted apart) or there is only the evaluation before training.
+    """
+    if len(center) < 2 or not (math.isfinite(center[0]) and math.isfinite(center[-1])):
+        return True
+    if higher_is_better(metric):
+        return bool(center[-1] > center[0])
+    return bool(center[-1] < center[0])
+
+
+def _notes(setting, max_seeds, metric, did_learn):
     notes = []
     if setting.diverged_runs:
         notes.append(f"diverged ({setting.diverged_runs} of {len(setting.runs)} seeds)")
+    elif not did_learn:
+        notes.append(f"did not learn (final {metric} no better than before training)")
     if len(setting.runs) < max_seeds:
         notes.append(f"{len(setting.runs)} of {max_seeds} seeds")
     return notes

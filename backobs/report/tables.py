@@ -9,6 +9,10 @@ import math
 import pandas as pd
 
 from backobs.report.rank import aggregate
+from backobs.report.stats import LEVEL, welch_difference
+
+DIFFERENCE_COLUMNS = ("diff_metric", "diff_vs_baseline", "diff_ci_low", "diff_ci_high")
+"""The columns of ``report.csv`` that compare an optimizer with the baseline."""
 
 
 def format_hyperparams(hyperparams):
@@ -49,11 +53,12 @@ def _final(setting, metric, how):
     return tuple(float(getattr(curve, name)[0]) for name in ("center", "spread", "low", "high"))
 
 
-def summary_table(reports):
+def summary_table(reports, baseline="sgd"):
     """The best setting of every optimizer on every problem, one row each.
 
     Args:
         reports (dict[str, ProblemReport]): As :func:`build_report` returns them.
+        baseline (str): The optimizer the differences are taken to (any case).
 
     Returns:
         pandas.DataFrame: Columns ``problem``, ``optimizer``, ``hyperparameters`` (those
@@ -62,7 +67,11 @@ def summary_table(reports):
         valid_accuracies"``), ``score``, ``test_accuracy``, ``test_loss``,
         ``seconds_per_epoch`` (each followed by its ``_std`` with ``mean``, or ``_q25`` and
         ``_q75`` with ``median``), ``cost_vs_sgd`` (seconds per epoch / SGD's, ``nan``
-        without SGD or timings) and ``notes``.
+        without SGD or timings), ``diff_metric`` (``test_accuracies``, or ``test_losses``
+        where the problem has no accuracy), ``diff_vs_baseline`` (the seed mean of that
+        metric's final value minus the baseline's best setting's), ``diff_ci_low`` and
+        ``diff_ci_high`` (its 95 % Welch interval; ``nan`` for the baseline itself and where
+        a side has fewer than two seeds), and ``notes``.
     """
     rows = []
     for report in reports.values():
@@ -91,6 +100,7 @@ def summary_table(reports):
             seconds = _seconds(setting, report.how)
             row.update(_spread_columns("seconds_per_epoch", seconds, report.how))
             row["cost_vs_sgd"] = seconds[0] / sgd_seconds if sgd_seconds > 0 else math.nan
+            row.update(_difference_columns(report, optimizer, baseline))
             notes = list(best.notes)
             diverged_settings = sum(item.setting.diverged_runs > 0 for item in ranking)
             if diverged_settings and not setting.diverged_runs:
@@ -98,6 +108,27 @@ def summary_table(reports):
             row["notes"] = "; ".join(notes)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _difference_columns(report, optimizer, baseline):
+    """The final test metric's difference to the baseline, with its Welch interval."""
+    metric = "test_accuracies" if report.has_accuracies else "test_losses"
+    columns = dict.fromkeys(DIFFERENCE_COLUMNS[1:], math.nan)
+    columns["diff_metric"] = metric
+    baseline_name = report.find(baseline)
+    if baseline_name is None or baseline_name == optimizer:
+        return columns
+    setting = report.best(optimizer).setting
+    base = report.best(baseline_name).setting
+    if not (setting.has_metric(metric) and base.has_metric(metric)):
+        return columns
+    difference = welch_difference(setting.values(metric)[:, -1], base.values(metric)[:, -1], LEVEL)
+    columns.update(
+        diff_vs_baseline=difference.value,
+        diff_ci_low=difference.low,
+        diff_ci_high=difference.high,
+    )
+    return columns
 
 
 def _spread_columns(column, values, how):
@@ -147,13 +178,19 @@ def settings_table(reports):
     return pd.DataFrame(rows)
 
 
-def markdown_table(summary, how="mean"):
+def markdown_table(summary, how="mean", baseline="sgd"):
     """The summary table as a Markdown (GitHub) table, numbers with their spread.
+
+    Where some optimizer has a difference to the baseline with an interval (two or more
+    seeds on both sides), a column before the notes gives it as ``+0.25 [-0.13, +0.63]``,
+    followed by ``not significant`` where the interval contains 0; ``baseline`` on the
+    baseline's rows.
 
     Args:
         summary (pandas.DataFrame): As :func:`summary_table` returns it.
         how (str): The aggregate it was made with: ``mean`` shows ``m ± std``, ``median``
             shows ``median (q25–q75)``.
+        baseline (str): The baseline's name, for the header.
 
     Returns:
         str: The table, one row per line.
@@ -170,6 +207,9 @@ def markdown_table(summary, how="mean"):
         "cost vs SGD",
         "notes",
     ]
+    with_difference = "diff_ci_low" in summary and summary["diff_ci_low"].notna().any()
+    if with_difference:
+        header.insert(-1, f"test acc. (loss) − {baseline}, {LEVEL:.0%} CI")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):
         cells = [
@@ -184,8 +224,20 @@ def markdown_table(summary, how="mean"):
             _number(row["cost_vs_sgd"], digits=3),
             row["notes"],
         ]
+        if with_difference:
+            cells.insert(-1, _difference_cell(row, baseline))
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _difference_cell(row, baseline):
+    if row["optimizer"].lower() == baseline.lower():
+        return "baseline"
+    value, low, high = row["diff_vs_baseline"], row["diff_ci_low"], row["diff_ci_high"]
+    if math.isnan(low):
+        return "–"
+    cell = f"{value:+.3g} [{low:+.3g}, {high:+.3g}]"
+    return cell + (" not significant" if low <= 0 <= high else "")
 
 
 def _number(value, digits=4):

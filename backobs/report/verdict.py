@@ -85,6 +85,18 @@ class Verdict:
     baseline: str
     notes: dict = field(default_factory=dict)
 
+    def target_of(self, problem):
+        """A problem's target and each optimizer's median seconds to it.
+
+        Returns:
+            tuple: ``(target, {optimizer: seconds})``, ``(None, None)`` without a target.
+        """
+        rows = self.scores[self.scores["problem"] == problem]
+        if not len(rows):
+            return None, None
+        seconds = dict(zip(rows["optimizer"], rows["seconds_to_target"].astype(float)))
+        return float(rows["target"].iloc[0]), seconds
+
     def profile_table(self):
         """The profile as a long table: :func:`profile_table` of this verdict."""
         return profile_table(self.ratios, self.benchmark_scores)
@@ -116,9 +128,7 @@ def parse_targets(values):
 
 def find_baseline(report, baseline):
     """The baseline's folder on a problem (names match case-insensitively), or ``None``."""
-    if baseline in report.rankings:
-        return baseline
-    return next((name for name in report.rankings if name.lower() == baseline.lower()), None)
+    return report.find(baseline)
 
 
 def default_target(report, baseline):

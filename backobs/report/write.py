@@ -12,6 +12,7 @@ from backobs.report.figures import (
     plot_sensitivity,
 )
 from backobs.report.read import warn_on_stderr
+from backobs.report.stats import LEVEL
 from backobs.report.tables import _number, markdown_table, settings_table, summary_table
 from backobs.report.verdict import add_notes, build_verdict, markdown_sections
 
@@ -38,7 +39,7 @@ def write_report(reports, out_dir, warn=None, verdict=None):
     how = next(iter(reports.values())).how if reports else "mean"
     if verdict is None:
         verdict = build_verdict(reports, warn=warn)
-    summary = add_notes(summary_table(reports), verdict.notes)
+    summary = add_notes(summary_table(reports, verdict.baseline), verdict.notes)
     settings = settings_table(reports)
     written = []
 
@@ -62,25 +63,38 @@ def write_report(reports, out_dir, warn=None, verdict=None):
             plot_performance(report, target(f"{problem}_performance.png"))
             plot_sensitivity(report, target(f"{problem}_sensitivity.png"))
             cost_path = os.path.join(out_dir, f"{problem}_cost.png")
-            if plot_cost(report, cost_path) is not None:
+            if plot_cost(report, cost_path, *verdict.target_of(problem)) is not None:
                 written.append(cost_path)
             else:
                 warn(f"no cost figure for {problem}: its results record no epoch_seconds")
     with open(target("report.md"), "w", encoding="utf-8") as file:
         verdict_md = markdown_sections(verdict, profile_name)
-        file.write(_markdown_document(reports, summary, settings, how, written, verdict_md))
+        file.write(
+            _markdown_document(
+                reports, summary, settings, how, written, verdict_md, verdict.baseline
+            )
+        )
     return written
 
 
-def _markdown_document(reports, summary, settings, how, written, verdict_md):
+def _markdown_document(reports, summary, settings, how, written, verdict_md, baseline):
     lines = [
         "# Optimizer comparison",
         "",
         f"Best setting per optimizer, {_aggregate_words(how)}.",
         "",
-        markdown_table(summary, how),
-        verdict_md,
+        markdown_table(summary, how, baseline),
     ]
+    if summary["diff_ci_low"].notna().any():
+        lines += [
+            f"Difference to {baseline}: the seed mean of the final test accuracy (the test "
+            f"loss on problems without accuracy) minus that of {baseline}'s best setting, "
+            f"with its {LEVEL:.0%} Welch interval (Welch–Satterthwaite degrees of freedom, "
+            "Student's t), where both have two or more seeds; *not significant* where the "
+            "interval contains 0.",
+            "",
+        ]
+    lines.append(verdict_md)
     for problem, report in reports.items():
         lines.append(f"## {problem}" + (" (synthetic data)" if report.synthetic_data else ""))
         lines.append("")

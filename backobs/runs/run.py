@@ -21,6 +21,9 @@ from typing import Optional, Tuple
 
 __all__ = ["Run", "execute", "settings_directory", "existing_result", "make_runner"]
 
+DIVERGED_KEYS = ("diverged_at_step", "diverged_quantity", "diverged_reason")
+"""What a results file records about a divergence (``None`` for a run that did not diverge)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -258,7 +261,9 @@ def execute(run, verbose=True):
 
     Returns:
         dict: ``path`` (the results file), ``status`` (``"finished"`` or ``"diverged"``),
-        ``seconds`` (wall-clock time of the whole run).
+        ``seconds`` (wall-clock time of the whole run), and as in the results file
+        ``diverged_at_step``, ``diverged_quantity`` and ``diverged_reason`` (``None`` unless
+        diverged).
 
     Raises:
         backobs.runs.options.OptionError: A setting of the run is invalid (before any work).
@@ -276,4 +281,5 @@ def execute(run, verbose=True):
         "path": runner.last_results_path,
         "status": output.get("status", "finished"),
         "seconds": time.perf_counter() - started,
+        **{key: output.get(key) for key in DIVERGED_KEYS},
     }

@@ -11,7 +11,8 @@ random_seed__<seed>__<date>.json``). What it adds:
 - a log of the extension outputs for every step (or every n-th) beside the results file
   (``<results file stem>.steps.jsonl``, :mod:`backobs.runs.steplog`), free space checked first;
 - extra keys in the results: ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
-  ``diverged_at_step``, ``epoch_seconds`` (wall-clock seconds of each epoch's training steps),
+  ``diverged_at_step``, ``diverged_quantity`` and ``diverged_reason`` (what was not finite,
+  and why), ``epoch_seconds`` (wall-clock seconds of each epoch's training steps),
   ``synthetic_data``, ``data_loader`` (the data path that served the run: ``"tensor"`` or
   ``"deepobs"``), ``data_loader_fallback`` (why the tensor path was not used, or null) and
   ``data_cached`` (whether the tensor path found the data decoded by an earlier run in the
@@ -34,7 +35,7 @@ from backobs.adapter import tensor_data
 from backobs.runs import options, steplog
 from backobs.runs.process_state import deepobs_private_python_random, problem_lookup, scoped
 from backobs.runs.steplog import ResultsWriteError, StepLog, write_json_atomically
-from backobs.runs.training import METRICS, TrainingLoop
+from backobs.runs.training import METRICS, TrainingLoop, initial_state
 from backpack_core import extensions as extensions_module
 
 __all__ = ["BackpackRunner", "EXTENSION_NAMES", "ResultsWriteError"]
@@ -292,7 +293,7 @@ class BackpackRunner(_deepobs.runners.PTRunner):
             "data_loader_fallback": None,
             "data_cached": None,
         }
-        self._state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+        self._state = initial_state()
         self.last_results_path = None
         with (
             scoped(

@@ -7,7 +7,8 @@ and its results file; it knows nothing of command lines or files but the step lo
   ``step()`` runs while the quantities are on the parameters;
 - at the first non-finite mini-batch loss, or an optimizer refusing a non-finite update
   (an :class:`ArithmeticError`, e.g. :class:`backobs.optim.NonFiniteUpdateError`), the run
-  stops (DeepOBS checks only after the epoch) and :attr:`TrainingLoop.state` says where;
+  stops (DeepOBS checks only after the epoch) and :attr:`TrainingLoop.state` says where,
+  what was not finite (the loss, or which parameter's update) and why;
 - Ctrl-C (:class:`KeyboardInterrupt`) ends the loop with the completed epochs kept.
 """
 
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from backpack_core import backpack, no_records
 
-__all__ = ["TrainingLoop", "METRICS"]
+__all__ = ["TrainingLoop", "METRICS", "initial_state"]
 
 METRICS = (
     "train_losses",
@@ -35,6 +36,22 @@ METRICS = (
 """DeepOBS's metrics, the lists a run returns."""
 
 _EVALUATIONS = ("train_losses", "valid_losses", "test_losses")
+
+
+def initial_state():
+    """The state of a run before training (the keys a results file gains).
+
+    Returns:
+        dict: ``status`` ``"finished"``, ``diverged_at_step``, ``diverged_quantity`` and
+        ``diverged_reason`` ``None``, ``epoch_seconds`` ``[]``.
+    """
+    return {
+        "status": "finished",
+        "diverged_at_step": None,
+        "diverged_quantity": None,
+        "diverged_reason": None,
+        "epoch_seconds": [],
+    }
 
 
 class _Interrupts:
@@ -94,8 +111,9 @@ class TrainingLoop:
 
     Attributes:
         state (dict): ``status`` (``"finished"``, ``"interrupted"``, ``"diverged"``),
-            ``diverged_at_step`` and ``epoch_seconds`` (training time of each completed
-            epoch).
+            ``diverged_at_step``, ``diverged_quantity`` (what was not finite: ``"loss"``, or
+            e.g. ``"update of parameter 3.weight"``), ``diverged_reason`` (the message) and
+            ``epoch_seconds`` (training time of each completed epoch).
     """
 
     def __init__(
@@ -121,7 +139,7 @@ class TrainingLoop:
         self.print_train_iter = print_train_iter
         self.summary_writer = summary_writer
         self.progress_bar = progress_bar
-        self.state = {"status": "finished", "diverged_at_step": None, "epoch_seconds": []}
+        self.state = initial_state()
         self._interrupts = _Interrupts()
 
     def run(self, num_epochs, steps_per_epoch=None, steps_in_epoch=None):
@@ -196,7 +214,8 @@ class TrainingLoop:
                 if not math.isfinite(loss):
                     # Stopping at the first non-finite loss keeps NaNs away from the
                     # extensions and from a second-order step.
-                    self._diverged(global_step, epoch, step, f"the mini-batch loss is {loss}")
+                    reason = f"the mini-batch loss is {loss}"
+                    self._diverged(global_step, epoch, step, reason, "loss")
                     self.step_log.write(
                         {"epoch": epoch, "step": step, "global_step": global_step,
                          "loss": loss, "extensions": {}}
@@ -208,7 +227,8 @@ class TrainingLoop:
                 try:
                     self.optimizer.step()
                 except ArithmeticError as error:  # an optimizer refusing a non-finite update
-                    self._diverged(global_step, epoch, step, str(error))
+                    quantity = self._non_finite_quantity(error)
+                    self._diverged(global_step, epoch, step, str(error), quantity)
                     return global_step + 1, False
                 self._interrupts.check()
                 progress.update()
@@ -228,10 +248,24 @@ class TrainingLoop:
         if self.summary_writer is not None:
             self.summary_writer.add_scalar("loss", loss, global_step)
 
-    def _diverged(self, global_step, epoch, step, reason):
+    def _non_finite_quantity(self, error):
+        """``"update of parameter <name>"`` (or its gradient, curvature) from the error."""
+        quantity = getattr(error, "quantity", None) or "update"
+        name = getattr(error, "parameter_name", None)
+        parameter = getattr(error, "parameter", None)
+        if name is None and parameter is not None:
+            # The runner builds the optimizer from net.parameters(), without names.
+            named = self.tproblem.net.named_parameters()
+            name = next((key for key, value in named if value is parameter), None)
+        return f"{quantity} of parameter {name}" if name is not None else quantity
+
+    def _diverged(self, global_step, epoch, step, reason, quantity):
         self.state["status"] = "diverged"
         self.state["diverged_at_step"] = global_step
+        self.state["diverged_quantity"] = quantity
+        self.state["diverged_reason"] = reason
         print(
-            f"[backobs] Diverged at step {global_step} (epoch {epoch}, step {step}): {reason}. "
+            f"[backobs] Diverged at step {global_step} (epoch {epoch}, step {step}): "
+            f"{reason.rstrip('.')}. "
             "The run stops here, as DeepOBS does; the results mark it as diverged."
         )

@@ -11,6 +11,10 @@ hyperparameters, seeds and the training settings of ``backobs run``::
     num_epochs: 2
     output_dir: results
 
+``problems`` may also be a mapping that gives a problem grids of its own
+(``problems: {mnist_logreg: null, fmnist_2c2d: {optimizers: {kfac: {damping: [0.1, 1]}}}}``):
+the hyperparameters it names replace the file's lists for that problem.
+
 One job per module:
 
 - :mod:`~backobs.sweep.spec`: the sweep file to a validated :class:`Sweep`. Every list is a

@@ -134,19 +134,22 @@ def _report(args, sweep, outcomes):
         r["status"] == "skipped" and bool(r.get("elsewhere")) for o in outcomes for r in o.records
     )
     by_others = f", {elsewhere} run by another command on the folder" if elsewhere else ""
+    diverged = sum(o.count("diverged") for o in outcomes)
     failed = sum(o.count("failed", "interrupted") for o in outcomes)
     manifest = os.path.join(sweep.output_dir, MANIFEST_NAME)
     if any(o.interrupted for o in outcomes):
         not_run = sum(o.not_run for o in outcomes)
         print(
-            f"backobs sweep: interrupted: {ran} runs finished, {skipped} were done before, "
+            f"backobs sweep: interrupted: {ran} runs finished, {diverged} of them diverged, "
+            f"{skipped} were done before, "
             f"{failed} failed, {not_run} not run; run the same command again to resume "
             f"({_command_line(args)}); finished runs are skipped",
             file=sys.stderr,
         )
         return 130
     print(
-        f"[sweep] done: {ran} runs finished, {skipped} were done before{by_others}, {failed} failed"
+        f"[sweep] done: {ran} runs finished, {diverged} of them diverged, {skipped} were done "
+        f"before{by_others}, {failed} failed"
     )
     print(f"[sweep] manifest: {manifest}")
     if failed:

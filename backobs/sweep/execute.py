@@ -106,8 +106,10 @@ def _run_on_worker(run_dict, sweep_id=None):
 
     Returns:
         dict: ``status`` (``"finished"``, ``"diverged"``, ``"interrupted"``, ``"failed"`` or
-        ``"claimed"``), ``path``, ``seconds``, ``worker``, ``error`` (``"Type: message"``),
-        ``output`` (the tail of what the run printed, for failed runs).
+        ``"claimed"``), ``path``, ``seconds``, ``worker``, ``error`` (``"Type: message"``;
+        for a diverged run ``"diverged at step N: <quantity> not finite: <reason>"``, with
+        ``diverged_at_step`` and ``diverged_quantity`` beside it), ``output`` (the tail of
+        what the run printed, for failed runs).
     """
     import torch
 
@@ -154,8 +156,22 @@ def _run_on_worker(run_dict, sweep_id=None):
             )
         else:
             record.update(status=result.get("status", "finished"), path=result.get("path"))
+            if record["status"] == "diverged":
+                record.update(_divergence(result))
         record["seconds"] = round(time.perf_counter() - start, 3)
         return record
+
+
+def _divergence(result):
+    """A diverged run's record: the step, what was not finite, and why (as ``error``)."""
+    step = result.get("diverged_at_step")
+    quantity = result.get("diverged_quantity") or "a quantity"
+    reason = result.get("diverged_reason") or "not recorded"
+    return {
+        "diverged_at_step": step,
+        "diverged_quantity": result.get("diverged_quantity"),
+        "error": f"diverged at step {step}: {quantity} not finite: {reason}",
+    }
 
 
 def _status_line(done, failed, total, started):
@@ -257,7 +273,7 @@ def execute_runs(runs_to_do, client, manifest, *, progress=None, out=None):
             f"[{_status_line(counts['ended'], counts['failed'], total, started)}] {status} "
             f"{_describe_run(run)} ({result.get('seconds') or 0.0:.1f} s)"
         )
-        if status == "failed":
+        if status in ("failed", "diverged") and result.get("error"):
             line += f": {result['error']}"
         tqdm.write(line, file=out)
 

@@ -129,7 +129,7 @@ def choose_best(sweep, results_paths):
         candidates = {}
         for optimizer, _ in sweep.optimizers:
             complete[optimizer], candidates[optimizer] = [], []
-            for hyperparams in sweep.hyperparameter_settings(optimizer):
+            for hyperparams in sweep.hyperparameter_settings(optimizer, problem):
                 seed_runs, paths = [], []
                 for seed in sweep.seeds:
                     path = results_paths.get(

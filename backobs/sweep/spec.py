@@ -1,6 +1,9 @@
 """The sweep file: YAML or JSON in, a validated :class:`Sweep` (the grid of runs) out.
 
-Every list is a grid axis and a scalar is fixed; :func:`load_sweep` checks all of it before
+Every list is a grid axis and a scalar is fixed; ``problems`` may also be a mapping that gives
+a problem grids of its own (``{mnist_2c2d: {optimizers: {kfac: {damping: [0.1, 1, 10]}}}}``:
+the hyperparameters it names replace the file's lists for that problem, the others and the
+set of optimizers stay the file's). :func:`load_sweep` checks all of it before
 anything runs and raises one :class:`~backobs.checks.OptionError` naming the file, the key and
 what it accepts. :meth:`Sweep.runs` expands the grid into :class:`backobs.runs.Run` objects.
 
@@ -26,7 +29,8 @@ FIRST_SEED = 42
 
 # key -> (what it accepts, for messages). "problems" and "optimizers" are required.
 SPEC_KEYS = {
-    "problems": "a problem name or a list of them",
+    "problems": "a problem name, a list of them, or a mapping from problem name to null or "
+    "{optimizers: {optimizer: {hyperparameter: values}}} (that problem's own grids)",
     "optimizers": "a mapping from optimizer name to its hyperparameters",
     "seeds": "an integer >= 0 or a list of them (default: [42])",
     "batch_size": "a positive integer (default: DeepOBS's per problem)",
@@ -60,6 +64,8 @@ class Sweep:
             ``num_epochs``, ``steps_per_epoch``, ``eval_batches``, ``synthetic_data``,
             ``data_dir`` and ``output_dir`` (absolute paths), ``extensions``, ``device``,
             ``data_loader``, ``step_log_interval``.
+        problem_grids (tuple): ``(problem, ((optimizer, axes), ...))`` pairs: a problem's
+            own axes, each replacing the file's axis of that hyperparameter for it.
     """
 
     source: str
@@ -67,24 +73,38 @@ class Sweep:
     optimizers: tuple
     seeds: tuple
     settings: dict
+    problem_grids: tuple = ()
+
+    def axes(self, optimizer, problem=None):
+        """An optimizer's grid axes, on ``problem`` if given (its own axes replacing the file's).
+
+        Returns:
+            tuple: ``(hyperparameter, values)`` pairs, the file's order, then the problem's
+            hyperparameters that the file does not name.
+        """
+        axes = dict(dict(self.optimizers)[optimizer])
+        own = dict(dict(dict(self.problem_grids).get(problem, ())).get(optimizer, ()))
+        axes.update(own)
+        return tuple(axes.items())
 
     @property
     def output_dir(self):
         """str: The absolute output directory (results, manifest, summary)."""
         return self.settings["output_dir"]
 
-    def hyperparameter_settings(self, optimizer):
+    def hyperparameter_settings(self, optimizer, problem=None):
         """Every point of an optimizer's grid, defaults filled in.
 
         Args:
             optimizer (str): One of the sweep's optimizers.
+            problem (str, optional): The problem, if it has grids of its own.
 
         Returns:
             list: Dictionaries of hyperparameters, in grid order (last axis fastest).
         """
         from backobs import optim
 
-        axes = dict(self.optimizers)[optimizer]
+        axes = self.axes(optimizer, problem)
         names = [name for name, _ in axes]
         return [
             optim.check_hyperparameters(optimizer, dict(zip(names, point)))
@@ -121,7 +141,7 @@ class Sweep:
             self.make_run(problem, optimizer, hyperparams, seed)
             for problem in self.problems
             for optimizer, _ in self.optimizers
-            for hyperparams in self.hyperparameter_settings(optimizer)
+            for hyperparams in self.hyperparameter_settings(optimizer, problem)
             for seed in self.seeds
         ]
 
@@ -191,19 +211,26 @@ def parse_sweep(data, source="<sweep>"):
         if key not in data or data[key] is None:
             fail(key, f"missing; give {SPEC_KEYS[key]}")
 
-    problem_names = _parse_problems(data["problems"], fail)
+    problem_names, own_grids = _parse_problems(data["problems"], fail)
     optimizer_grid = _parse_optimizers(data["optimizers"], fail)
+    problem_grids = _parse_problem_grids(own_grids, optimizer_grid, fail)
     seeds = _axis(data.get("seeds", [FIRST_SEED]), "seeds", fail)
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             fail("seeds", f"a seed must be an integer in [0, 2**32), got {seed!r}")
     settings = _parse_settings(data, fail)
-    sweep = Sweep(source, problem_names, optimizer_grid, seeds, settings)
+    sweep = Sweep(source, problem_names, optimizer_grid, seeds, settings, problem_grids)
     for optimizer, _ in optimizer_grid:
         try:
             sweep.hyperparameter_settings(optimizer)
         except ValueError as error:
             fail(f"optimizers.{optimizer}", _one_line(error))
+    for problem, grids in problem_grids:
+        for optimizer, _ in grids:
+            try:
+                sweep.hyperparameter_settings(optimizer, problem)
+            except ValueError as error:
+                fail(f"problems.{problem}.optimizers.{optimizer}", _one_line(error))
     for run in sweep.runs():  # what `backobs run` would refuse, refused before any run starts
         try:
             runs.settings_directory(run)
@@ -238,8 +265,15 @@ def _axis(value, key, fail):
 
 
 def _parse_problems(value, fail):
+    """Problem names, and the raw entries of a mapping (``{}`` for a name or a list)."""
     from backobs.adapter import problems
 
+    entries = {}
+    if isinstance(value, dict):
+        if not value:
+            fail("problems", "an empty mapping: the grid would have no runs")
+        entries = value
+        value = list(value)
     names = _axis(value, "problems", fail)
     support = {row.name: row for row in problems.SUPPORT_TABLE}
     for name in names:
@@ -252,7 +286,51 @@ def _parse_problems(value, fail):
         row = support.get(name)
         if row is not None and not row.supported:
             fail("problems", f"{name} is not supported by BackOBS: {row.reason}")
-    return names
+    return names, entries
+
+
+_PROBLEM_KEYS = ("optimizers",)
+"""The keys of a problem's entry in a ``problems`` mapping."""
+
+
+def _parse_problem_grids(entries, optimizer_grid, fail):
+    """The problems' own axes: ``((problem, ((optimizer, axes), ...)), ...)``."""
+    from backobs import optim
+
+    names = [name for name, _ in optimizer_grid]
+    grids = []
+    for problem, entry in entries.items():
+        key = f"problems.{problem}"
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            fail(key, f"must be null or a mapping with the key optimizers, got {entry!r}")
+        unknown = [name for name in entry if name not in _PROBLEM_KEYS]
+        if unknown:
+            fail(key, f"unknown key {unknown[0]!r}; a problem's entry has the key optimizers")
+        optimizers = entry.get("optimizers")
+        if optimizers is None:
+            continue
+        if not isinstance(optimizers, dict):
+            fail(
+                f"{key}.optimizers",
+                "must be a mapping from optimizer name to its hyperparameters, e.g. "
+                f"{{kfac: {{damping: [0.1, 1]}}}}, got {optimizers!r}",
+            )
+        own = []
+        for optimizer, hyperparams in optimizers.items():
+            if optimizer not in names:
+                fail(
+                    f"{key}.optimizers",
+                    f"{optimizer!r} is not one of the file's optimizers ({', '.join(names)}); "
+                    "a problem can only change their grids: add it to optimizers",
+                )
+            known = optim.resolve_optimizer(optimizer).hyperparameters
+            own.append(
+                (optimizer, _parse_axes(optimizer, known, hyperparams, f"{key}.optimizers", fail))
+            )
+        grids.append((problem, tuple(own)))
+    return tuple(grids)
 
 
 def _parse_optimizers(value, fail):
@@ -265,7 +343,6 @@ def _parse_optimizers(value, fail):
     grid = []
     folders = {}  # results folder -> the optimizer (name or import path) that writes there
     for name, hyperparams in value.items():
-        key = f"optimizers.{name}"
         if not isinstance(name, str):
             fail("optimizers", f"an optimizer's name must be a string, got {name!r}")
         try:
@@ -279,25 +356,33 @@ def _parse_optimizers(value, fail):
                 f"{other!r} and {name!r} are different classes named {spec.folder_name!r}: "
                 "their results would share one folder; rename one of the classes",
             )
-        if hyperparams is None:
-            hyperparams = {}
-        if not isinstance(hyperparams, dict):
-            fail(
-                key, f"must be a mapping from hyperparameter to value or list, got {hyperparams!r}"
-            )
-        known = spec.hyperparameters
-        axes = []
-        for hyperparameter, values in hyperparams.items():
-            if hyperparameter not in known:
-                fail(
-                    key,
-                    f"unknown hyperparameter {hyperparameter!r}; {name} has {', '.join(known)}",
-                )
-            kind = known[hyperparameter].get("type")
-            values = _axis(values, f"{key}.{hyperparameter}", fail)
-            axes.append((hyperparameter, tuple(_yaml_number(v, kind) for v in values)))
-        grid.append((name, tuple(axes)))
+        grid.append(
+            (name, _parse_axes(name, spec.hyperparameters, hyperparams, "optimizers", fail))
+        )
     return tuple(grid)
+
+
+def _parse_axes(name, known, hyperparams, parent, fail):
+    """An optimizer's ``{hyperparameter: value or list}`` as ``((name, values), ...)``.
+
+    ``known``: the optimizer's hyperparameters (``{name: {"type": ..., ...}}``).
+    """
+    key = f"{parent}.{name}"
+    if hyperparams is None:
+        hyperparams = {}
+    if not isinstance(hyperparams, dict):
+        fail(key, f"must be a mapping from hyperparameter to value or list, got {hyperparams!r}")
+    axes = []
+    for hyperparameter, values in hyperparams.items():
+        if hyperparameter not in known:
+            fail(
+                key,
+                f"unknown hyperparameter {hyperparameter!r}; {name} has {', '.join(known)}",
+            )
+        kind = known[hyperparameter].get("type")
+        values = _axis(values, f"{key}.{hyperparameter}", fail)
+        axes.append((hyperparameter, tuple(_yaml_number(v, kind) for v in values)))
+    return tuple(axes)
 
 
 def _yaml_number(value, kind):

@@ -288,6 +288,9 @@ def test_command_one_problem_by_epochs(tmp_path):
     profile = pd.read_csv(out / "profile.csv")
     scores = dict(zip(profile["optimizer"], profile["score"]))
     assert scores == {"adam": 1.0, "sgd": 0.5, "kfac": 0.0}
+    # One step per optimizer: rho jumps from 0 to 1 at its ratio (adam's is 1, kfac's inf).
+    steps = list(zip(profile["optimizer"], profile["tau"], profile["rho"]))
+    assert steps == [("adam", 1.0, 1.0), ("sgd", 1.0, 0.0), ("sgd", 2.0, 1.0), ("kfac", 1.0, 0.0)]
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,8 @@ DEEPOBS_KEYS = {
 BACKOBS_KEYS = {
     "status",
     "diverged_at_step",
+    "diverged_quantity",
+    "diverged_reason",
     "epoch_seconds",
     "synthetic_data",
     "step_log",
@@ -168,8 +170,52 @@ def test_non_finite_loss_aborts_as_deepobs(monkeypatch, tmp_path, capsys):
         recorded = json.load(file, parse_constant=refuse_constant)
     assert recorded["status"] == "diverged"
     assert recorded["diverged_at_step"] == output["diverged_at_step"]
+    assert recorded["diverged_quantity"] == "loss"
+    assert recorded["diverged_reason"] in (
+        "the mini-batch loss is nan",
+        "the mini-batch loss is inf",
+    )
     stdout = capsys.readouterr().out
     assert f"[backobs] Diverged at step {output['diverged_at_step']} " in stdout
+
+
+def test_a_refused_update_records_the_parameter_by_its_name(monkeypatch, tmp_path):
+    from backobs.optim import DampedNewton
+    from backpack_core.extensions import DiagGGNExact
+
+    class PoisonedNewton(DampedNewton):
+        """A damped Newton step whose bias curvature turns NaN in the third step."""
+
+        def __init__(self, params, lr):
+            super().__init__(params, "diag_ggn_exact", lr=lr, damping=1.0)
+            self.steps = 0
+
+        def step(self, closure=None):
+            self.steps += 1
+            if self.steps == 3:
+                self.param_groups[0]["params"][1].diag_ggn_exact.fill_(math.nan)
+            return super().step(closure)
+
+    runner = BackpackRunner(PoisonedNewton, {"lr": {"type": float}}, lambda: [DiagGGNExact()])
+    with pytest.warns(RuntimeWarning, match="Loss is Nan or Inf"):  # DeepOBS's abort
+        output = run_cli(
+            monkeypatch, "mnist_logreg", "--lr", 0.1, "--batch_size", 4, "--num_epochs", 2,
+            "--steps_per_epoch", 2, "--eval_batches", 1, "--output_dir", tmp_path,
+            runner=runner,
+        )  # fmt: skip
+    # Steps 0 and 1 (epoch 0) are taken, step 2 (the first of epoch 1) is refused.
+    assert output["status"] == "diverged" and output["diverged_at_step"] == 2
+    # The optimizer has no names (the runner passes net.parameters()): the loop finds it.
+    assert output["diverged_quantity"] == "curvature .diag_ggn_exact of parameter dense.bias"
+    assert output["diverged_reason"] == (
+        "the curvature .diag_ggn_exact of parameter 1 of parameter group 0 (shape (10,)) is "
+        "not finite; no parameter was changed."
+    )
+    (results_file,) = results_files(tmp_path)
+    with open(results_file, encoding="utf-8") as file:
+        recorded = json.load(file)
+    assert recorded["diverged_quantity"] == output["diverged_quantity"]
+    assert recorded["diverged_reason"] == output["diverged_reason"]
 
 
 def test_l2_reg_is_weight_decay(monkeypatch, tmp_path):

@@ -133,7 +133,10 @@ def test_cluster_sweep_runs_each_once_equals_local_and_resumes(dask_cluster, tmp
     assert sweep_command.command(_args(remote_spec, "--scheduler", dask_cluster.address)) == 0
     again = _manifest(remote_dir)[8:]
     assert len(again) == 8 and {r["status"] for r in again} == {"skipped"}
-    assert "0 runs finished, 8 were done before, 0 failed" in capsys.readouterr().out
+    assert (
+        "0 runs finished, 0 of them diverged, 8 were done before, 0 failed"
+        in capsys.readouterr().out
+    )
     assert len(_results_files(remote_dir)) == 8
 
 
@@ -303,4 +306,39 @@ def test_final_seeds_rerun_the_best_setting(dask_cluster, tmp_path, capsys):
     records = _manifest(output_dir)
     assert [r["status"] for r in records] == ["finished", "finished", "skipped", "finished"]
     assert records[3]["run"] == dict(best.to_dict(), seed=43)
-    assert "3 runs finished, 0 were done before, 0 failed" in capsys.readouterr().out
+    assert (
+        "3 runs finished, 0 of them diverged, 0 were done before, 0 failed"
+        in capsys.readouterr().out
+    )
+
+
+def test_a_diverged_run_says_why_in_the_manifest_and_is_counted(dask_cluster, tmp_path, capsys):
+    output_dir = tmp_path / "results"
+    spec = _write_spec(
+        tmp_path,
+        "sweep.yaml",
+        output_dir,
+        problems=["mnist_logreg"],
+        optimizers={"sgd": {"lr": [0.1, 1e38]}},
+        steps_per_epoch=5,
+    )
+    assert sweep_command.command(_args(spec, "--scheduler", dask_cluster.address)) == 0
+    records = {r["run"]["hyperparams"]["lr"]: r for r in _manifest(output_dir)}
+    assert records[0.1]["status"] == "finished" and records[0.1]["error"] is None
+    diverged = records[1e38]
+    assert diverged["status"] == "diverged" and diverged["diverged_quantity"] == "loss"
+    with open(diverged["path"]) as stream:
+        results = json.load(stream)
+    step = results["diverged_at_step"]
+    assert diverged["diverged_at_step"] == step and 1 <= step <= 4
+    assert results["diverged_quantity"] == "loss"
+    assert diverged["error"] == (
+        f"diverged at step {step}: loss not finite: {results['diverged_reason']}"
+    )
+    assert results["diverged_reason"] in (
+        "the mini-batch loss is nan",
+        "the mini-batch loss is inf",
+    )
+    out = capsys.readouterr().out
+    assert "diverged mnist_logreg sgd lr=1e+38 seed 42 (" in out
+    assert "[sweep] done: 2 runs finished, 1 of them diverged, 0 were done before, 0 failed" in out

@@ -56,6 +56,54 @@ def test_json_file_and_yaml_exponents(tmp_path):
     assert load_sweep(write_spec(tmp_path, text)).runs()[0].hyperparams == {"lr": 0.001}
 
 
+def test_a_problem_with_grids_of_its_own(tmp_path):
+    # mnist_logreg takes the file's grids; quadratic_deep replaces kfac's damping (0.01) by
+    # three values and keeps its lr list: 2 sgd + 2 kfac runs, then 2 sgd + 2 * 3 kfac runs.
+    problems = {
+        "mnist_logreg": None,
+        "quadratic_deep": {"optimizers": {"kfac": {"damping": [0.1, 1.0, 10.0]}}},
+    }
+    loaded = load_sweep(write_spec(tmp_path, spec_content(tmp_path, problems=problems)))
+    grid = loaded.runs()
+    assert len(grid) == (2 + 2) + (2 + 2 * 3)
+    points = {
+        problem: [
+            (run.optimizer, run.hyperparams["lr"], run.hyperparams.get("damping"))
+            for run in grid
+            if run.problem == problem
+        ]
+        for problem in problems
+    }
+    assert points["mnist_logreg"] == [
+        ("sgd", 0.01, None), ("sgd", 0.1, None), ("kfac", 0.01, 0.01), ("kfac", 0.1, 0.01),
+    ]  # fmt: skip
+    assert points["quadratic_deep"] == [
+        ("sgd", 0.01, None), ("sgd", 0.1, None),
+        ("kfac", 0.01, 0.1), ("kfac", 0.01, 1.0), ("kfac", 0.01, 10.0),
+        ("kfac", 0.1, 0.1), ("kfac", 0.1, 1.0), ("kfac", 0.1, 10.0),
+    ]  # fmt: skip
+    assert loaded.axes("kfac", "quadratic_deep") == (
+        ("lr", (0.01, 0.1)),
+        ("damping", (0.1, 1.0, 10.0)),
+    )
+    assert loaded.axes("kfac") == loaded.axes("kfac", "mnist_logreg")
+    # A list of problems still works, as does a mapping without own grids.
+    plain = load_sweep(write_spec(tmp_path, spec_content(tmp_path), name="plain.yaml"))
+    mapped = spec_content(tmp_path, problems={"mnist_logreg": None, "quadratic_deep": {}})
+    same = load_sweep(write_spec(tmp_path, mapped, name="mapped.yaml"))
+    assert same.runs() == plain.runs()
+
+
+def test_the_final_seeds_choice_ranks_a_problem_on_its_own_grid(tmp_path):
+    from backobs.sweep.protocol import choose_best
+
+    problems = {"quadratic_deep": {"optimizers": {"sgd": {"lr": [0.5, 1.0, 2.0]}}}}
+    loaded = load_sweep(write_spec(tmp_path, spec_content(tmp_path, problems=problems)))
+    choices = choose_best(loaded, {})
+    candidates = choices["quadratic_deep"]["sgd"]["candidates"]
+    assert [candidate["hyperparams"]["lr"] for candidate in candidates] == [0.5, 1.0, 2.0]
+
+
 BAD_SPECS = {
     "unknown key": ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
     "problems missing": ({"problems": DROP}, "problems: missing"),
@@ -84,7 +132,37 @@ BAD_SPECS = {
     "negative seed": ({"seeds": [-1]}, "seeds: a seed must be an integer"),
     "synthetic not bool": ({"synthetic_data": "yes"}, "synthetic_data: must be true or false"),
     "unknown extension": ({"extensions": ["BatchGrad", "Curvature"]}, "'Curvature'"),
-    "problems as mapping": ({"problems": {"mnist_logreg": 1}}, "a single number or name"),
+    "problem entry not a mapping": (
+        {"problems": {"mnist_logreg": 1}},
+        "problems.mnist_logreg: must be null or a mapping with the key optimizers, got 1",
+    ),
+    "empty problems mapping": ({"problems": {}}, "problems: an empty mapping"),
+    "unknown problem in a mapping": ({"problems": {"mnist_resnet": None}}, "'mnist_resnet'"),
+    "unknown key of a problem": (
+        {"problems": {"mnist_logreg": {"optimisers": {}}}},
+        "problems.mnist_logreg: unknown key 'optimisers'; a problem's entry has the key optimizers",
+    ),
+    "problem's optimizers not a mapping": (
+        {"problems": {"mnist_logreg": {"optimizers": ["kfac"]}}},
+        "problems.mnist_logreg.optimizers: must be a mapping from optimizer name",
+    ),
+    "problem's optimizer not in the file": (
+        {"problems": {"mnist_logreg": {"optimizers": {"adam": {"lr": 0.1}}}}},
+        "problems.mnist_logreg.optimizers: 'adam' is not one of the file's optimizers (sgd, "
+        "kfac); a problem can only change their grids: add it to optimizers",
+    ),
+    "problem's unknown hyperparameter": (
+        {"problems": {"mnist_logreg": {"optimizers": {"sgd": {"momentum": [0.9]}}}}},
+        "problems.mnist_logreg.optimizers.sgd: unknown hyperparameter 'momentum'; sgd has lr",
+    ),
+    "problem's empty axis": (
+        {"problems": {"mnist_logreg": {"optimizers": {"kfac": {"damping": []}}}}},
+        "problems.mnist_logreg.optimizers.kfac.damping: an empty list",
+    ),
+    "problem's bad value": (
+        {"problems": {"mnist_logreg": {"optimizers": {"kfac": {"damping": [1, 0]}}}}},
+        "problems.mnist_logreg.optimizers.kfac: hyperparameter damping must be > 0, got 0.0",
+    ),
     "step log interval zero": ({"step_log_interval": 0}, "step_log_interval: must be a positive"),
     "unknown data loader": ({"data_loader": "pil"}, "'pil' is not a data loader; choose one"),
 }
