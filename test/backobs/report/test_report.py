@@ -452,7 +452,7 @@ def run_backpack_runner(output_dir, optimizer_class, hyperparams, seed):
     runner = BackpackRunner(optimizer_class, names)
     return runner.run(
         testproblem="mnist_logreg", hyperparams=hyperparams, batch_size=8, num_epochs=2,
-        random_seed=seed, steps_per_epoch=2, eval_batches=1, synthetic_data=True,
+        random_seed=seed, steps_per_epoch=10, eval_batches=10, synthetic_data=True,
         output_dir=str(output_dir), log_interval=0,
     )  # fmt: skip
 
@@ -481,7 +481,7 @@ def runner_results(tmp_path_factory):
         for seed in (1, 2):
             run_backpack_runner(output_dir, torch.optim.SGD, {"lr": 0.1}, seed)
             run_backpack_runner(output_dir, torch.optim.Adam, {"lr": 0.01}, seed)
-        run_backpack_runner(output_dir, torch.optim.SGD, {"lr": 0.01}, 1)
+        run_backpack_runner(output_dir, torch.optim.SGD, {"lr": 0.001}, 1)
         with pytest.warns(RuntimeWarning, match="Loss is Nan or Inf"):
             run_backpack_runner(output_dir, torch.optim.SGD, {"lr": 1e38}, 1)
         run_deepobs_standard_runner(output_dir, 0.01)
