@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import io
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -84,16 +85,26 @@ def run_seconds(problem, loader, epochs, steps, eval_batches, output_dir):
     return clock
 
 
-def epoch_cost(problem, loader, steps, eval_batches):
-    """One more epoch of a run: (E=2) - (E=1), each in a fresh results folder."""
+def epoch_cost(problem, loader, steps, eval_batches, repeats):
+    """One more epoch of a run: the median over repeats of (E=2) - (E=1), after a warm-up.
+
+    Each run starts with an empty cache of decoded splits (it decodes its data, as a run in
+    a new process does) and writes into a fresh results folder.
+    """
     from backobs.adapter import tensor_data
 
-    costs = {}
-    for epochs in (1, 2):
-        tensor_data.clear_cache()  # each run decodes its data, as a new process does
+    def seconds(epochs):
+        tensor_data.clear_cache()
         with tempfile.TemporaryDirectory() as output_dir:
-            costs[epochs] = run_seconds(problem, loader, epochs, steps, eval_batches, output_dir)
-    return costs[2].wall - costs[1].wall, costs[2].cpu - costs[1].cpu
+            return run_seconds(problem, loader, epochs, steps, eval_batches, output_dir)
+
+    seconds(1)  # warm-up: lazy imports and first allocations are no epoch's cost
+    walls, cpus = [], []
+    for _ in range(repeats):
+        one, two = seconds(1), seconds(2)
+        walls.append(two.wall - one.wall)
+        cpus.append(two.cpu - one.cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def runs_per_minute(loader, count):
@@ -108,8 +119,11 @@ def runs_per_minute(loader, count):
         return 60 * count / (time.perf_counter() - started)
 
 
-def plain_epoch(problem, steps, eval_batches):
-    """A training epoch and three evaluations as a plain torch loop on float tensors."""
+def plain_epoch(problem, steps, eval_batches, repeats):
+    """A training epoch and three evaluations as a plain torch loop on float tensors.
+
+    The median over ``repeats`` epochs, after a warm-up epoch.
+    """
     from backobs import get_problem_class
     from backobs.adapter import data
 
@@ -135,6 +149,16 @@ def plain_epoch(problem, steps, eval_batches):
     test_x, test_y = as_floats(test, eval_count)
     net, loss_function = tproblem.net, torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    clocks = [_plain_epoch(net, loss_function, optimizer, train_x, train_y, test_x, test_y,
+                           train_steps, eval_count) for _ in range(repeats + 1)][1:]  # fmt: skip
+    return (
+        statistics.median(clock.wall for clock in clocks),
+        statistics.median(clock.cpu for clock in clocks),
+    )
+
+
+def _plain_epoch(net, loss_function, optimizer, train_x, train_y, test_x, test_y, train_steps,
+                 eval_count):  # fmt: skip
     with Clock() as clock:
         net.train()
         order = torch.randperm(len(train_x))
@@ -151,7 +175,7 @@ def plain_epoch(problem, steps, eval_batches):
                     outputs = net(images[start : start + BATCH_SIZE])
                     loss_function(outputs, labels[start : start + BATCH_SIZE]).item()
                     (outputs.argmax(1) == labels[start : start + BATCH_SIZE]).float().mean()
-    return clock.wall, clock.cpu
+    return clock
 
 
 def _normalisation(transform):
@@ -199,6 +223,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny caps: a smoke run")
     parser.add_argument("--share-steps", type=int, default=30)
     parser.add_argument("--sweep-runs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="medians over this many")
     parser.add_argument("--problems", nargs="+", default=[p for p, _, _ in PROBLEMS])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -208,9 +233,10 @@ def main(argv=None):
             continue
         if args.quick:
             steps, eval_batches = 3, 2
-        plain = plain_epoch(problem, steps, eval_batches)
-        tensor = epoch_cost(problem, "tensor", steps, eval_batches)
-        deepobs = epoch_cost(problem, "deepobs", steps, eval_batches)
+        repeats = 1 if args.quick else args.repeats
+        plain = plain_epoch(problem, steps, eval_batches, repeats)
+        tensor = epoch_cost(problem, "tensor", steps, eval_batches, repeats)
+        deepobs = epoch_cost(problem, "deepobs", steps, eval_batches, repeats)
         rows.append((problem, steps, eval_batches, plain, tensor, deepobs))
         print(f"{problem}: plain {plain}, tensor {tensor}, deepobs {deepobs}", file=sys.stderr)
     print(
@@ -226,7 +252,10 @@ def main(argv=None):
             f"| {problem} | {caps} | {plain[1]:.2f} s | {tensor[1]:.2f} s | {deepobs[1]:.2f} s "
             f"| {tensor[1] / plain[1]:.2f} | {deepobs[1] / plain[1]:.1f} |"
         )
-    print("\n(CPU seconds of one more epoch; wall-clock seconds in the log on stderr.)\n")
+    print(
+        f"\n(CPU seconds of one more epoch, medians over {1 if args.quick else args.repeats} "
+        "repeats after a warm-up; wall-clock seconds in the log on stderr.)\n"
+    )
     if args.sweep_runs:
         count = 2 if args.quick else args.sweep_runs
         rates = {loader: runs_per_minute(loader, count) for loader in ("deepobs", "tensor")}
