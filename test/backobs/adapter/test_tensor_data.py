@@ -28,6 +28,7 @@ from backobs import runs
 from backobs.adapter import data, tensor_data
 from backobs.adapter import deepobs as _deepobs
 from backobs.adapter.transforms import UnsupportedTransform, compile_transform
+from backobs.runs.training import METRICS
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LOADERS = ("_train_dataloader", "_valid_dataloader", "_train_eval_dataloader", "_test_dataloader")
@@ -346,15 +347,6 @@ UNAUGMENTED_PROBLEMS = [
     ("fmnist_2c2d", "sgd"),
     ("quadratic_deep", "sgd"),
 ]
-METRICS = (
-    "train_losses",
-    "valid_losses",
-    "test_losses",
-    "minibatch_train_losses",
-    "train_accuracies",
-    "valid_accuracies",
-    "test_accuracies",
-)
 
 
 def _run(problem, optimizer, loader, output_dir, **settings):
