@@ -15,7 +15,7 @@ from torch import Tensor
 #: Entries per piece of a squared norm.
 NORM_PIECE = 4096
 #: Columns per piece of a Gram matrix.
-GRAM_PIECE = 65536
+GRAM_PIECE = 16384
 
 
 def squared_norms(x: Tensor) -> Tensor:
