@@ -221,7 +221,9 @@ def loader_share(steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny caps: a smoke run")
-    parser.add_argument("--share-steps", type=int, default=30)
+    parser.add_argument(
+        "--share-steps", type=int, default=30, help="steps of the loader's share (0: skip)"
+    )
     parser.add_argument("--sweep-runs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="medians over this many")
     parser.add_argument("--problems", nargs="+", default=[p for p, _, _ in PROBLEMS])
@@ -249,7 +251,7 @@ def main(argv=None):
     for problem, steps, eval_batches, plain, tensor, deepobs in rows:
         caps = f"{steps or 'all'} / {eval_batches or 'all'}"
         print(
-            f"| {problem} | {caps} | {plain[1]:.2f} s | {tensor[1]:.2f} s | {deepobs[1]:.2f} s "
+            f"| {problem} | {caps} | {plain[1]:.3g} s | {tensor[1]:.3g} s | {deepobs[1]:.3g} s "
             f"| {tensor[1] / plain[1]:.2f} | {deepobs[1] / plain[1]:.1f} |"
         )
     print(
@@ -264,8 +266,8 @@ def main(argv=None):
             f"minute with DeepOBS's loaders, {rates['tensor']:.1f} with the tensor path "
             f"({rates['tensor'] / rates['deepobs']:.1f}x; wall-clock).\n"
         )
-    if "cifar10_3c3d" in args.problems:
-        steps = 3 if args.quick else args.share_steps
+    if args.share_steps:
+        steps = min(3, args.share_steps) if args.quick else args.share_steps
         loading, stepping = loader_share(steps)
         print(
             f"cifar10_3c3d, tensor path: next() {1000 * loading:.2f} ms of a "

@@ -57,7 +57,8 @@ def test_data_path_benchmark_quick_run_prints_its_table():
         "--quick",
         "--problems",
         "mnist_logreg",
-        "cifar10_3c3d",
+        "--share-steps",
+        "2",
         "--sweep-runs",
         "0",
     ]
